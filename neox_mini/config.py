@@ -1,0 +1,227 @@
+"""NeoXConfig: the handful of numbers that define a GPT-NeoX model, and the Pythia table.
+
+Two ways in:
+  * `NeoXConfig.from_hf(path_or_dict)` reads a Hugging Face `config.json`, in both the original
+    Pythia style (`rotary_pct`, `rotary_emb_base`, `torch_dtype`) and the transformers 5.x style
+    (`rope_parameters: {rope_theta, partial_rotary_factor}`, `dtype`), and refuses what this model
+    does not implement.
+  * `NeoXConfig.from_pythia("pythia-160m")` reads a row of `configs/pythia.toml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# GELU variants by their Hugging Face `hidden_act` name. HF's "gelu" is the exact erf form; GPT-NeoX
+# training used the tanh approximation (Megatron's fused bias_gelu). Anything else is refused.
+GELU_BY_HF_ACT = {"gelu": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+class ConfigError(ValueError):
+    """A config value this model does not implement, or a name not in the Pythia table."""
+
+
+@dataclass(frozen=True)
+class NeoXConfig:
+    vocab_size: int  # rows of embed_in / embed_out (padded: larger than the tokenizer's 50,277 ids)
+    hidden_size: int  # C, the width of the residual stream
+    num_layers: int
+    num_heads: int  # nh
+    intermediate_size: int  # F, the MLP width (4 C for every Pythia model)
+    rotary_pct: float = 0.25  # fraction of each head's dims that get rotary position information
+    rotary_base: float = 10000.0
+    max_position_embeddings: int = 2048  # the context length the model was trained on
+    layer_norm_eps: float = 1e-5
+    use_parallel_residual: bool = True  # x + attn(ln1(x)) + mlp(ln2(x)), vs the sequential form
+    bos_token_id: int = 0
+    eos_token_id: int = 0
+    gelu: str = "erf"  # "erf" (exact, what HF computes) or "tanh" (what NeoX training computed)
+    dtype: str = "float32"  # the dtype the checkpoint is stored in (informational)
+    name: str | None = None  # the Pythia table row, when known
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.gelu not in ("erf", "tanh"):
+            raise ConfigError(f"gelu must be 'erf' or 'tanh', not {self.gelu!r}")
+        if not 0.0 < self.rotary_pct <= 1.0:
+            raise ConfigError(f"rotary_pct must be in (0, 1], not {self.rotary_pct}")
+        if self.rotary_ndims % 2:
+            raise ConfigError(f"rotary dims ({self.rotary_ndims} = {self.rotary_pct} x head size "
+                              f"{self.head_size}) must be even: rotate_half pairs dim i with i + R/2")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(f"dtype must be float32, float16 or bfloat16, not {self.dtype!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def rotary_ndims(self) -> int:
+        # int() truncation, as GPT-NeoX and transformers do: 0.25 * 64 = 16 dims of each 64-dim head.
+        return int(self.head_size * self.rotary_pct)
+
+    def replace(self, **changes) -> "NeoXConfig":
+        return dataclasses.replace(self, **changes)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count by arithmetic. Non-embedding excludes embed_in AND the untied embed_out,
+        which is how the Pythia model card counts (e.g. 160m: 85,056,000 of 162,322,944)."""
+        C, F = self.hidden_size, self.intermediate_size
+        layer_norms = 2 * 2 * C  # input_layernorm + post_attention_layernorm, weight and bias each
+        attention = (C * 3 * C + 3 * C) + (C * C + C)  # query_key_value + dense
+        mlp = (C * F + F) + (F * C + C)  # dense_h_to_4h + dense_4h_to_h
+        body = self.num_layers * (layer_norms + attention + mlp) + 2 * C  # + final_layer_norm
+        if non_embedding:
+            return body
+        return body + 2 * self.vocab_size * C  # embed_in + embed_out (untied)
+
+    # ---------------------------------------------------------------- Hugging Face config.json
+
+    @classmethod
+    def from_hf(cls, path_or_dict: str | Path | dict[str, Any]) -> "NeoXConfig":
+        """Read a Hugging Face GPT-NeoX `config.json` (a path to the file or its folder, or a dict)."""
+        if isinstance(path_or_dict, dict):
+            hf, where = path_or_dict, "config"
+        else:
+            path = Path(path_or_dict)
+            if path.is_dir():
+                path = path / "config.json"
+            if not path.is_file():
+                raise ConfigError(f"no config.json at {path}")
+            try:
+                hf = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{path} is not valid JSON: {e}") from None
+            where = str(path)
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{where}: expected a JSON object")
+
+        def refuse(key, value, why):
+            raise ConfigError(f"{where}: unsupported {key}={value!r}: {why}")
+
+        def required(key):
+            if key not in hf:
+                raise ConfigError(f"{where}: missing required key {key!r}")
+            return hf[key]
+
+        model_type = hf.get("model_type", "gpt_neox")
+        if model_type != "gpt_neox":
+            refuse("model_type", model_type, "neox_mini implements GPT-NeoX only")
+        act = hf.get("hidden_act", "gelu")
+        if act not in GELU_BY_HF_ACT:
+            refuse("hidden_act", act, f"supported: {sorted(GELU_BY_HF_ACT)}")
+        if hf.get("tie_word_embeddings", False):
+            refuse("tie_word_embeddings", True, "GPT-NeoX has a separate, untied embed_out")
+        if hf.get("attention_bias", True) is not True:
+            refuse("attention_bias", hf["attention_bias"], "GPT-NeoX attention always has biases")
+
+        # Rotary: transformers 5.x nests it in rope_parameters; older configs use flat keys.
+        rope = hf.get("rope_parameters") or {}
+        if not isinstance(rope, dict):
+            refuse("rope_parameters", rope, "expected an object")
+        if hf.get("rope_scaling") not in (None, {}):
+            refuse("rope_scaling", hf["rope_scaling"], "only plain (unscaled) rotary is implemented")
+        if rope.get("rope_type", "default") != "default":
+            refuse("rope_parameters.rope_type", rope["rope_type"], "only 'default' rotary is implemented")
+        rotary_pct = rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25))
+        rotary_base = rope.get("rope_theta", hf.get("rotary_emb_base", 10000))
+
+        eos = hf.get("eos_token_id", 0)
+        if isinstance(eos, list):
+            if len(eos) != 1:
+                refuse("eos_token_id", eos, "a single end-of-text id is expected")
+            eos = eos[0]
+        dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+        if dtype not in DTYPE_NAMES:
+            refuse("dtype", dtype, "expected float32, float16 or bfloat16")
+
+        return cls(
+            vocab_size=int(required("vocab_size")),
+            hidden_size=int(required("hidden_size")),
+            num_layers=int(required("num_hidden_layers")),
+            num_heads=int(required("num_attention_heads")),
+            intermediate_size=int(required("intermediate_size")),
+            rotary_pct=float(rotary_pct),
+            rotary_base=float(rotary_base),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+            use_parallel_residual=bool(hf.get("use_parallel_residual", True)),
+            bos_token_id=int(hf.get("bos_token_id", 0) if hf.get("bos_token_id") is not None else 0),
+            eos_token_id=int(eos if eos is not None else 0),
+            gelu=GELU_BY_HF_ACT[act],
+            dtype=DTYPE_NAMES[dtype],
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """This config as an original-Pythia-style `config.json` dict (what the Hub serves)."""
+        return {
+            "architectures": ["GPTNeoXForCausalLM"],
+            "model_type": "gpt_neox",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": {"erf": "gelu", "tanh": "gelu_new"}[self.gelu],
+            "rotary_pct": self.rotary_pct,
+            "rotary_emb_base": self.rotary_base,
+            "max_position_embeddings": self.max_position_embeddings,
+            "layer_norm_eps": self.layer_norm_eps,
+            "use_parallel_residual": self.use_parallel_residual,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "tie_word_embeddings": False,
+            "initializer_range": 0.02,
+            "use_cache": True,
+            "torch_dtype": self.dtype,
+        }
+
+    # ---------------------------------------------------------------- the Pythia table
+
+    @classmethod
+    def from_pythia(cls, name: str) -> "NeoXConfig":
+        """A Pythia size by name: "pythia-160m", "160m", "EleutherAI/pythia-160m-deduped", "pythia-125m" (v0)."""
+        row_name = pythia_row_name(name)
+        row = pythia_table()[row_name]
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in fields}, dtype="float16", name=row_name)
+
+
+@lru_cache(maxsize=1)
+def pythia_table() -> dict[str, dict[str, Any]]:
+    """The rows of configs/pythia.toml, keyed by canonical name ("pythia-160m")."""
+    try:
+        text = resources.files("neox_mini.configs").joinpath("pythia.toml").read_text(encoding="utf-8")
+    except ModuleNotFoundError:  # running from a source tree that was never installed
+        raise ConfigError("the Pythia table (neox_mini.configs) is not installed: run `pip install -e .`") from None
+    return tomllib.loads(text)
+
+
+def pythia_row_name(name: str) -> str:
+    """Canonical table row for any accepted spelling of a Pythia model name, or a ConfigError."""
+    short = name.strip().split("/")[-1].lower()
+    short = re.sub(r"-deduped$", "", short)
+    short = re.sub(r"-v0$", "", short)
+    if not short.startswith("pythia-"):
+        short = "pythia-" + short
+    table = pythia_table()
+    if short in table:
+        return short
+    for row_name, row in table.items():
+        if short in row["old_names"]:
+            return row_name
+    sizes = ", ".join(n.removeprefix("pythia-") for n in table)
+    raise ConfigError(f"unknown Pythia model {name!r}; sizes are: {sizes} (old names: "
+                      + ", ".join(o for r in table.values() for o in r["old_names"]) + ")")
