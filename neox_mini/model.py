@@ -1,0 +1,310 @@
+"""GPT-NeoX, the architecture of every Pythia model, in one file that reads top to bottom:
+
+    rotary embedding -> KV cache -> attention -> MLP -> block (parallel residual) -> model
+
+Parameter names are exactly the Hugging Face checkpoint keys (`gpt_neox.layers.3.attention.
+query_key_value.weight`, `embed_out.weight`, ...), so a checkpoint loads 1:1 with no rename table.
+
+Shape notation used in the comments:
+    B   batch size
+    T   tokens in this forward call (the whole prompt in prefill, 1 when decoding)
+    S   keys/values attended to = tokens already in the KV cache + T
+    C   hidden_size, the width of the residual stream (d_model)
+    nh  number of attention heads          hs  head size = C // nh
+    R   rotary_ndims = rotary_pct * hs     (25% of each head for every Pythia model)
+    F   intermediate_size of the MLP       (4 C)
+    V   vocab_size, the *padded* number of embedding rows (50304 for most Pythia models, while the
+        tokenizer has only 50277 ids: rows >= 50277 are never produced by text)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import NeoXConfig
+
+# ----------------------------------------------------------------------------- rotary embedding
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotary position embedding (RoPE), computed once for every position.
+
+    NeoX quirks that bite here:
+      * Only the first R = rotary_pct * hs dims of each head are rotated (25% for Pythia: 16 of 64
+        dims in pythia-160m); the remaining dims carry no position information at all.
+      * The pairing is "rotate_half": dim i is rotated together with dim i + R/2 (GPT-NeoX, HF),
+        NOT interleaved pairs (2i, 2i+1) as in the original RoFormer / GPT-J. Same math, other layout:
+        using the wrong one gives a model that runs but produces garbage.
+      * The frequencies are computed here in fp32. Old checkpoints carry an fp16 copy
+        (`attention.rotary_emb.inv_freq`) whose rounding shifts every angle; it is never used.
+    """
+
+    def __init__(self, config: NeoXConfig, device: torch.device | str | None = None):
+        super().__init__()
+        R = config.rotary_ndims
+        inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, R, 2, dtype=torch.float32, device=device) / R))  # [R/2]
+        positions = torch.arange(config.max_position_embeddings, dtype=torch.float32, device=device)  # [P]
+        angles = positions[:, None] * inv_freq[None, :]  # [P, R/2]: angle of position p for frequency i
+        angles = torch.cat([angles, angles], dim=-1)  # [P, R]: dims i and i + R/2 share an angle (rotate_half)
+        # Not persistent: derived from the config, never read from (or written to) a checkpoint.
+        self.register_buffer("cos", angles.cos(), persistent=False)  # [P, R], fp32
+        self.register_buffer("sin", angles.sin(), persistent=False)  # [P, R], fp32
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for the given positions, [B, T] -> two [B, 1, T, R] (broadcast over heads)."""
+        cos = self.cos[position_ids].to(dtype)  # [B, T, R]
+        sin = self.sin[position_ids].to(dtype)  # [B, T, R]
+        return cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, R]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1 | x2] -> [-x2 | x1] on the last dim: multiplying by sin after this is a 2-D rotation of
+    each (x1[i], x2[i]) pair, i.e. of dims i and i + R/2."""
+    x1, x2 = x.chunk(2, dim=-1)  # each [..., R/2]
+    return torch.cat([-x2, x1], dim=-1)  # [..., R]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first R dims of each head of x ([B, nh, T, hs]); leave the other hs - R dims alone."""
+    R = cos.shape[-1]
+    x_rot, x_pass = x[..., :R], x[..., R:]  # [B, nh, T, R], [B, nh, T, hs - R]
+    x_rot = x_rot * cos + rotate_half(x_rot) * sin  # [B, nh, T, R]
+    return torch.cat([x_rot, x_pass], dim=-1)  # [B, nh, T, hs]
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+class KVCache(nn.Module):
+    """Keys and values of the tokens seen so far, preallocated for max_seq_len and written in place.
+
+    Allocated explicitly by `GPTNeoX.setup_kv_cache` (never on first use), so memory is known up front
+    and decoding does no allocation or concatenation per token.
+    """
+
+    def __init__(self, batch_size: int, num_heads: int, max_seq_len: int, head_size: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None):
+        super().__init__()
+        shape = (batch_size, num_heads, max_seq_len, head_size)  # [B, nh, max_seq_len, hs]
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v ([B, nh, T, hs]) at positions start_pos.., return all keys/values so far ([B, nh, S, hs])."""
+        end = start_pos + k.shape[2]
+        self.k[:, :, start_pos:end] = k
+        self.v[:, :, start_pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class Attention(nn.Module):
+    def __init__(self, config: NeoXConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_size = config.head_size
+        # One fused projection for q, k and v: C -> 3C, with bias.
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                start_pos: int) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, hs = self.num_heads, self.head_size
+        qkv = self.query_key_value(x)  # [B, T, 3C]
+        # NeoX quirk: the fused output is laid out PER HEAD, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...], each
+        # piece hs wide. So view it as [nh, 3*hs] and split the last dim; viewing it as [3, nh, hs]
+        # (the GPT-2 / nanoGPT layout) would silently mix heads.
+        qkv = qkv.view(B, T, nh, 3 * hs).transpose(1, 2)  # [B, nh, T, 3hs]
+        q, k, v = qkv.split(hs, dim=-1)  # each [B, nh, T, hs]
+
+        q = apply_rotary(q, cos, sin)  # [B, nh, T, hs]
+        k = apply_rotary(k, cos, sin)  # [B, nh, T, hs]
+
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start_pos, k, v)  # each [B, nh, S, hs]
+
+        # Scaled dot-product attention, written out. Scores are computed in the model dtype and the
+        # softmax in fp32 (as transformers' eager path does), which keeps fp16 from overflowing.
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # [B, nh, T, S]
+        # Masked entries get the dtype's most negative value rather than -inf: a row with every key
+        # masked (a left-padding position) then gives finite garbage that nobody reads, instead of
+        # NaN that would leak into other rows through 0 * NaN.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # [B, nh, T, S]
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # [B, nh, T, S]
+        y = probs @ v  # [B, nh, T, hs]
+        y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]: heads side by side again
+        return self.dense(y)  # [B, T, C]
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+class MLP(nn.Module):
+    def __init__(self, config: NeoXConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        # NeoX quirk: Pythia was TRAINED with the tanh approximation of GELU, but its HF config says
+        # "gelu", which transformers computes exactly (with erf). "erf" matches transformers (and is
+        # the default); "tanh" matches training. The difference is small but not zero.
+        self.approximate = {"erf": "none", "tanh": "tanh"}[config.gelu]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dense_h_to_4h(x)  # [B, T, F]
+        h = F.gelu(h, approximate=self.approximate)  # [B, T, F]
+        return self.dense_4h_to_h(h)  # [B, T, C]
+
+
+# ----------------------------------------------------------------------------- block
+
+
+class Block(nn.Module):
+    def __init__(self, config: NeoXConfig):
+        super().__init__()
+        self.use_parallel_residual = config.use_parallel_residual
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = Attention(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                start_pos: int) -> torch.Tensor:
+        attn_out = self.attention(self.input_layernorm(x), cos, sin, mask, start_pos)  # [B, T, C]
+        if self.use_parallel_residual:
+            # Every Pythia model: attention and MLP both read the block's input (each through its
+            # own layer norm) and both add into the residual stream. "post_attention_layernorm" is a
+            # misleading legacy name here: it normalises x, not the attention output.
+            return x + attn_out + self.mlp(self.post_attention_layernorm(x))  # [B, T, C]
+        # The sequential (GPT-2 style) form, which GPT-NeoX also supports.
+        x = x + attn_out  # [B, T, C]
+        return x + self.mlp(self.post_attention_layernorm(x))  # [B, T, C]
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class GPTNeoX(nn.Module):
+    def __init__(self, config: NeoXConfig):
+        super().__init__()
+        self.config = config
+        self.gpt_neox = nn.ModuleDict(dict(
+            embed_in=nn.Embedding(config.vocab_size, config.hidden_size),
+            layers=nn.ModuleList([Block(config) for _ in range(config.num_layers)]),
+            final_layer_norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+        ))
+        # NeoX quirk: the output projection is its own matrix, NOT tied to embed_in (GPT-2 ties them).
+        # It is half the parameters of pythia-14m. Its name "embed_out" is kept for 1:1 loading.
+        self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(config)
+        self.provenance: dict | None = None  # filled in by from_pretrained: what was loaded from where
+
+    # -- KV cache, allocated explicitly --------------------------------------------------------
+
+    def setup_kv_cache(self, batch_size: int, max_seq_len: int | None = None,
+                       dtype: torch.dtype | None = None) -> None:
+        """Preallocate every layer's KV cache for batch_size sequences of up to max_seq_len tokens."""
+        cfg = self.config
+        max_seq_len = max_seq_len or cfg.max_position_embeddings
+        if max_seq_len > cfg.max_position_embeddings:
+            raise ValueError(f"max_seq_len {max_seq_len} exceeds the context length "
+                             f"{cfg.max_position_embeddings} of this model")
+        weight = self.embed_out.weight
+        for block in self.gpt_neox.layers:
+            block.attention.kv_cache = KVCache(batch_size, cfg.num_heads, max_seq_len, cfg.head_size,
+                                               dtype or weight.dtype, weight.device)
+
+    def clear_kv_cache(self) -> None:
+        for block in self.gpt_neox.layers:
+            block.attention.kv_cache = None
+
+    @property
+    def kv_cache_shape(self) -> tuple[int, ...] | None:
+        cache = self.gpt_neox.layers[0].attention.kv_cache
+        return None if cache is None else tuple(cache.k.shape)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, *, start_pos: int = 0,
+                position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                last_token_only: bool = False, return_hidden_states: bool = False):
+        """Logits for input_ids [B, T] -> [B, T, V] ([B, 1, V] with last_token_only).
+
+        start_pos      where input_ids start in the sequence = tokens already in the KV cache
+                       (must be 0 when no cache is set up: then attention sees only input_ids).
+        position_ids   [B, T] rotary positions; default start_pos .. start_pos + T - 1. Left-padded
+                       batches pass each row's own positions (counting real tokens only).
+        attention_mask [B, S] bool, True for real tokens, False for padding, over all S keys
+                       (cached + new); default: all real.
+        return_hidden_states  also return a dict of the activations, named after the module that
+                       produced them, in order: "gpt_neox.embed_in", "gpt_neox.layers.0", ...,
+                       "gpt_neox.layers.{L-1}" (the residual stream after each block) and
+                       "gpt_neox.final_layer_norm"; each [B, T, C]. Used for layer-by-layer parity.
+        """
+        cfg = self.config
+        B, T = input_ids.shape
+        S = start_pos + T
+        cache_shape = self.kv_cache_shape
+        if cache_shape is None and start_pos != 0:
+            raise ValueError("start_pos > 0 needs a KV cache: call setup_kv_cache first")
+        if cache_shape is not None and (B != cache_shape[0] or S > cache_shape[2]):
+            raise ValueError(f"batch {B} x {S} tokens does not fit the KV cache set up for "
+                             f"batch {cache_shape[0]} x {cache_shape[2]} tokens")
+        if S > cfg.max_position_embeddings:
+            raise ValueError(f"sequence of {S} tokens is longer than the context length "
+                             f"{cfg.max_position_embeddings} of this model")
+        check_token_ids(input_ids, cfg.vocab_size)
+
+        if position_ids is None:
+            position_ids = torch.arange(start_pos, S, device=input_ids.device).expand(B, T)  # [B, T]
+        # Causal mask: query t (at sequence index start_pos + t) may see keys 0 .. start_pos + t.
+        key_index = torch.arange(S, device=input_ids.device)  # [S]
+        query_index = torch.arange(start_pos, S, device=input_ids.device)  # [T]
+        mask = (key_index[None, :] <= query_index[:, None])[None, None]  # [1, 1, T, S]
+        if attention_mask is not None:
+            mask = mask & attention_mask[:, None, None, :S].bool()  # [B, 1, T, S]
+
+        x = self.gpt_neox.embed_in(input_ids)  # [B, T, C]
+        cos, sin = self.rotary(position_ids, x.dtype)  # each [B, 1, T, R]
+        hidden_states = {"gpt_neox.embed_in": x}
+        for i, block in enumerate(self.gpt_neox.layers):
+            x = block(x, cos, sin, mask, start_pos)  # [B, T, C]
+            if return_hidden_states:
+                hidden_states[f"gpt_neox.layers.{i}"] = x
+        if last_token_only:
+            x = x[:, -1:, :]  # [B, 1, C]: prefill for generation needs only the next-token logits
+        x = self.gpt_neox.final_layer_norm(x)  # [B, T, C]
+        hidden_states["gpt_neox.final_layer_norm"] = x
+        logits = self.embed_out(x)  # [B, T, V]
+        return (logits, hidden_states) if return_hidden_states else logits
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = None,
+                        device: torch.device | str = "cpu", gelu: str | None = None,
+                        **kwargs) -> "GPTNeoX":
+        """Load a checkpoint folder (config.json + safetensors or .bin weights). See checkpoint.py."""
+        from .checkpoint import load_model  # the file-format details live there, not in the textbook
+
+        return load_model(path, dtype=dtype, device=device, gelu=gelu, **kwargs)
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """An id outside [0, V) would index past the embedding (a crash on CPU, garbage on GPU)."""
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        raise ValueError("input_ids is empty: there must be at least one token")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"token id {bad} is out of range: this model has ids 0..{vocab_size - 1}")

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Write a random-weight GPT-NeoX checkpoint in the exact Hugging Face folder layout.
+
+For demos, tests and benchmarks on machines without the real Pythia weights: the shapes are those
+of the real model, the weights are random (seeded), the layout is what the Hub serves.
+
+    python scripts/make_checkpoint.py --size 70m --out /tmp/pythia-70m-random \\
+        --tokenizer ../shared/tokenizer/gpt-neox-20b/tokenizer.json
+    python scripts/make_checkpoint.py --hidden-size 64 --num-layers 2 --num-heads 4 --out /tmp/tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from neox_mini import GPTNeoX, NeoXConfig
+from neox_mini.checkpoint import init_random_weights, save_checkpoint, to_torch_dtype
+
+
+def make_checkpoint(out: str | Path, *, size: str | None = None, config: NeoXConfig | None = None,
+                    dtype: str = "fp32", seed: int = 0, weights: str = "safetensors",
+                    max_shard_bytes: int | None = None, tokenizer: str | Path | None = None) -> Path:
+    if config is None:
+        config = NeoXConfig.from_pythia(size or "14m")
+    torch_dtype = to_torch_dtype(dtype)
+    with torch.device("meta"):
+        model = GPTNeoX(config)
+    model = model.to_empty(device="cpu")
+    init_random_weights(model, seed=seed)
+    model = model.to(torch_dtype)
+    out = Path(out)
+    save_checkpoint(model, out, weights=weights, max_shard_bytes=max_shard_bytes)
+    if tokenizer:
+        shutil.copyfile(tokenizer, out / "tokenizer.json")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--size", help="a Pythia size (14m, 70m, 160m, ...); default 14m unless custom shape flags are given")
+    p.add_argument("--hidden-size", type=int)
+    p.add_argument("--num-layers", type=int)
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--intermediate-size", type=int, help="default 4 x hidden size")
+    p.add_argument("--vocab-size", type=int, default=50304)
+    p.add_argument("--rotary-pct", type=float, default=0.25)
+    p.add_argument("--sequential-residual", action="store_true", help="use_parallel_residual=false")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default="safetensors", choices=["safetensors", "bin"])
+    p.add_argument("--max-shard-mb", type=float, help="shard the weights (writes an index.json)")
+    p.add_argument("--tokenizer", help="a tokenizer.json to copy into the folder")
+    a = p.parse_args(argv)
+    custom = [a.hidden_size, a.num_layers, a.num_heads]
+    config = None
+    if any(v is not None for v in custom):
+        if a.size or not all(v is not None for v in custom):
+            p.error("give either --size or all of --hidden-size, --num-layers, --num-heads")
+        config = NeoXConfig(vocab_size=a.vocab_size, hidden_size=a.hidden_size, num_layers=a.num_layers,
+                            num_heads=a.num_heads, intermediate_size=a.intermediate_size or 4 * a.hidden_size,
+                            rotary_pct=a.rotary_pct, use_parallel_residual=not a.sequential_residual)
+    shard = int(a.max_shard_mb * 2**20) if a.max_shard_mb else None
+    out = make_checkpoint(a.out, size=a.size, config=config, dtype=a.dtype, seed=a.seed, weights=a.weights,
+                          max_shard_bytes=shard, tokenizer=a.tokenizer)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
