@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+# Every subcommand's add_<name>_parser, appended by each section below, in `--help` order.
+SUBCOMMANDS: list = []
+
 
 # ============================================================ generate / score / info / configs (issue #3)
 # ============================================================ end issue #3
@@ -29,10 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS:
         add(sub)
     return parser
-
-
-# Every add_<name>_parser above, in the order `neox-mini --help` lists them.
-SUBCOMMANDS: list = []
 
 
 def main(argv: list[str] | None = None) -> int:
