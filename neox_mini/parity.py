@@ -154,9 +154,9 @@ def build_inputs(vocab_size: int, tokenizer=None, texts=None) -> tuple[list[torc
         notes.append("no tokenizer.json next to the weights: random ids only")
     # Random ids stay below the tokenizer's size: Pythia's padding rows (>= 50277) were never trained.
     high = min(vocab_size, tokenizer.vocab_size if tokenizer is not None else PYTHIA_TOKENIZER_IDS)
-    for ids in random_sequences(high):
+    for i, ids in enumerate(random_sequences(high)):
         sequences.append(ids)
-        described.append(f"random ids ({len(ids)} tokens, seed {RANDOM_SEED}, ids < {high})")
+        described.append(f"random ids #{i + 1} ({len(ids)} tokens, seed {RANDOM_SEED}, ids < {high})")
     return sequences, described, notes
 
 
@@ -652,10 +652,15 @@ def reference_metadata(model, reference_dtype: torch.dtype, inputs: list[str], e
 def run_parity(model: str | Path, *, revision: str | None = None, dtype: str = "fp32",
                against: str | None = "transformers", reference: str | Path | None = None,
                save_reference_to: str | Path | None = None, reference_dtype: str = "fp32",
-               prompts: str | Path | None = None, gelu: str | None = None, device: str = "cpu",
+               prompts: str | Path | None = None, texts: list[str] | None = None,
+               gelu: str | None = None, device: str = "cpu",
                top_k: int = DEFAULT_TOP_K, max_channels: int = DEFAULT_CHANNELS,
                extra_metadata: dict | None = None) -> ParityReport:
-    """Check neox_mini on `model` against transformers (`against`) or a reference file."""
+    """Check neox_mini on `model` against transformers (`against`) or a reference file.
+
+    The inputs are DEFAULT_TEXTS (or `texts`, or the lines of the `prompts` file) tokenized with the
+    model's tokenizer, plus RANDOM_SEQUENCES of random ids; with a reference file, its stored ids.
+    """
     from .checkpoint import to_torch_dtype
 
     if reference is not None and save_reference_to is not None:
@@ -674,7 +679,8 @@ def run_parity(model: str | Path, *, revision: str | None = None, dtype: str = "
     prov = provenance_summary(net.provenance)
     name = str(model) + (f" @ {revision}" if revision else "")
 
-    texts = read_prompts(prompts) if prompts is not None else None
+    if prompts is not None:
+        texts = read_prompts(prompts)
     if ref_file is not None:
         sequences = None
         if texts is not None:
