@@ -233,6 +233,22 @@ class GPTNeoX(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
 
+    def check_inputs(self, input_ids: torch.Tensor, start_pos: int) -> None:
+        """The errors of forward (also used by fast.forward): cache fit, context length, token ids."""
+        cfg = self.config
+        B, T = input_ids.shape
+        S = start_pos + T
+        cache_shape = self.kv_cache_shape
+        if cache_shape is None and start_pos != 0:
+            raise ValueError("start_pos > 0 needs a KV cache: call setup_kv_cache first")
+        if cache_shape is not None and (B != cache_shape[0] or S > cache_shape[2]):
+            raise ValueError(f"batch {B} x {S} tokens does not fit the KV cache set up for "
+                             f"batch {cache_shape[0]} x {cache_shape[2]} tokens")
+        if S > cfg.max_position_embeddings:
+            raise ValueError(f"sequence of {S} tokens is longer than the context length "
+                             f"{cfg.max_position_embeddings} of this model")
+        check_token_ids(input_ids, cfg.vocab_size)
+
     def forward(self, input_ids: torch.Tensor, *, start_pos: int = 0,
                 position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 last_token_only: bool = False, return_hidden_states: bool = False):
@@ -249,19 +265,9 @@ class GPTNeoX(nn.Module):
                        "gpt_neox.layers.{L-1}" (the residual stream after each block) and
                        "gpt_neox.final_layer_norm"; each [B, T, C]. Used for layer-by-layer parity.
         """
-        cfg = self.config
         B, T = input_ids.shape
         S = start_pos + T
-        cache_shape = self.kv_cache_shape
-        if cache_shape is None and start_pos != 0:
-            raise ValueError("start_pos > 0 needs a KV cache: call setup_kv_cache first")
-        if cache_shape is not None and (B != cache_shape[0] or S > cache_shape[2]):
-            raise ValueError(f"batch {B} x {S} tokens does not fit the KV cache set up for "
-                             f"batch {cache_shape[0]} x {cache_shape[2]} tokens")
-        if S > cfg.max_position_embeddings:
-            raise ValueError(f"sequence of {S} tokens is longer than the context length "
-                             f"{cfg.max_position_embeddings} of this model")
-        check_token_ids(input_ids, cfg.vocab_size)
+        self.check_inputs(input_ids, start_pos)
 
         if position_ids is None:
             position_ids = torch.arange(start_pos, S, device=input_ids.device).expand(B, T)  # [B, T]
@@ -289,13 +295,19 @@ class GPTNeoX(nn.Module):
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype | str | None = None,
-                        device: torch.device | str = "cpu", gelu: str | None = None,
-                        **kwargs) -> "GPTNeoX":
-        """Load a checkpoint folder (config.json + safetensors or .bin weights). See checkpoint.py."""
-        from .checkpoint import load_model  # the file-format details live there, not in the textbook
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, *,
+                        dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
+                        gelu: str | None = None, **kwargs) -> "GPTNeoX":
+        """Load a checkpoint folder (config.json + safetensors or .bin weights), or a Hub name such as
+        "EleutherAI/pythia-160m" / "pythia-160m" at a revision ("step3000", a commit sha; default
+        "main") through the Hugging Face cache. See hub.py (names, cache, downloads) and checkpoint.py."""
+        # the file-format and Hub details live there, not in the textbook
+        from .checkpoint import load_model
+        from .hub import resolve
 
-        return load_model(path, dtype=dtype, device=device, gelu=gelu, **kwargs)
+        resolved = resolve(name_or_path, revision)
+        provenance = {**resolved.provenance, **(kwargs.pop("provenance", None) or {})}
+        return load_model(resolved.path, dtype=dtype, device=device, gelu=gelu, provenance=provenance, **kwargs)
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
