@@ -244,7 +244,7 @@ def test_cli_revisions_cached(cache, capsys):
     assert [line.split()[0] for line in lines] == ["step1000", "step2000", "step143000", "main"]
     assert all("complete" in line for line in lines)
     assert shas["step1000"][:12] in lines[0] and "2,097,152,000 tokens" in lines[0]
-    assert "4 revision(s) of EleutherAI/pythia-70m" in out.stderr
+    assert "4 revision(s) of EleutherAI/pythia-70m" in out.err
 
 
 # ----------------------------------------------------------------------------- downloads, over HTTP
