@@ -70,8 +70,13 @@ def revision_step(revision: str) -> int | None:
 
 
 def nearest_revisions(step: int, k: int = 3) -> list[str]:
-    """The k published checkpoints closest to `step`, nearest first (ties: the earlier step first)."""
-    return [f"step{s}" for s in sorted(STEPS, key=lambda s: (abs(s - step), s))[:k]]
+    """k published checkpoints near `step`: the ones just below and just above it first, then the
+    next closest (ties: the earlier step first)."""
+    below = max((s for s in STEPS if s <= step), default=None)
+    above = min((s for s in STEPS if s >= step), default=None)
+    bracket = sorted({s for s in (below, above) if s is not None}, key=lambda s: (abs(s - step), s))
+    rest = sorted((s for s in STEPS if s not in bracket), key=lambda s: (abs(s - step), s))
+    return [f"step{s}" for s in (bracket + rest)[:k]]
 
 
 def has_schedule(repo_id: str) -> bool:

@@ -57,10 +57,10 @@ def test_revision_step():
     ("step3001", ["step3000", "step4000", "step2000"]),   # a step that was never saved
     ("step700", ["step512", "step1000", "step256"]),
     ("step143001", ["step143000", "step142000", "step141000"]),
-    ("step03000", ["step3000", "step2000", "step4000"]),  # malformed: leading zero
+    ("step03000", ["step3000", "step2000", "step4000"]),  # malformed: leading zero (ties: earlier first)
     ("Step3000", ["step3000", "step2000", "step4000"]),   # malformed: capital S
     ("3000", ["step3000", "step2000", "step4000"]),       # malformed: no "step"
-    ("step 5", ["step4", "step2", "step8"]),         # ties: the earlier step first
+    ("step 5", ["step4", "step8", "step2"]),
 ])
 def test_a_bad_step_name_is_rejected_with_the_nearest_valid_ones(revision, nearest):
     with pytest.raises(RevisionError) as info:
@@ -91,9 +91,11 @@ def test_has_schedule():
     assert not has_schedule("someone/pythia-160m")
 
 
-def test_nearest_revisions_prefers_the_earlier_step_on_a_tie():
+def test_nearest_revisions_gives_the_neighbours_on_both_sides_first():
     assert nearest_revisions(1500, k=2) == ["step1000", "step2000"]
+    assert nearest_revisions(1001) == ["step1000", "step2000", "step512"]  # both neighbours first
     assert nearest_revisions(0, k=1) == ["step0"]
+    assert nearest_revisions(10**9) == ["step143000", "step142000", "step141000"]
 
 
 # ----------------------------------------------------------------------------- known issues
