@@ -25,6 +25,8 @@ from neox_mini.checkpoint import init_random_weights, save_checkpoint, to_torch_
 def make_checkpoint(out: str | Path, *, size: str | None = None, config: NeoXConfig | None = None,
                     dtype: str = "fp32", seed: int = 0, weights: str = "safetensors",
                     max_shard_bytes: int | None = None, tokenizer: str | Path | None = None) -> Path:
+    if tokenizer is not None and not Path(tokenizer).is_file():  # checked first: a bad input writes nothing
+        raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist")
     if config is None:
         config = NeoXConfig.from_pythia(size or "14m")
     torch_dtype = to_torch_dtype(dtype)
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intermediate-size", type=int, help="default 4 x hidden size")
     p.add_argument("--vocab-size", type=int, default=50304)
     p.add_argument("--rotary-pct", type=float, default=0.25)
+    p.add_argument("--max-position-embeddings", type=int, default=2048, help="context length (default 2048)")
     p.add_argument("--sequential-residual", action="store_true", help="use_parallel_residual=false")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--seed", type=int, default=0)
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("give either --size or all of --hidden-size, --num-layers, --num-heads")
         config = NeoXConfig(vocab_size=a.vocab_size, hidden_size=a.hidden_size, num_layers=a.num_layers,
                             num_heads=a.num_heads, intermediate_size=a.intermediate_size or 4 * a.hidden_size,
-                            rotary_pct=a.rotary_pct, use_parallel_residual=not a.sequential_residual)
+                            rotary_pct=a.rotary_pct, use_parallel_residual=not a.sequential_residual,
+                            max_position_embeddings=a.max_position_embeddings)
     shard = int(a.max_shard_mb * 2**20) if a.max_shard_mb else None
     out = make_checkpoint(a.out, size=a.size, config=config, dtype=a.dtype, seed=a.seed, weights=a.weights,
                           max_shard_bytes=shard, tokenizer=a.tokenizer)
