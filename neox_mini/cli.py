@@ -14,6 +14,328 @@ SUBCOMMANDS: list = []
 
 
 # ============================================================ generate / score / info / configs (issue #3)
+
+DEFAULT_MODEL = "EleutherAI/pythia-14m"
+
+# Options every subcommand accepts after its name. `--debug` is also accepted before the subcommand
+# (build_parser); SUPPRESS keeps a subparser's default from overwriting the value given there.
+COMMON = argparse.ArgumentParser(add_help=False)
+COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help="show the full traceback on errors")
+
+
+def add_model_options(p: argparse.ArgumentParser, dtype_help: str) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"checkpoint folder, or a Hub name such as EleutherAI/pythia-160m (default {DEFAULT_MODEL})")
+    p.add_argument("--revision", help="Hub revision: branch, tag such as step3000, or commit sha")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help=dtype_help)
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    p.add_argument("--tokenizer", metavar="PATH",
+                   help="tokenizer.json, or a folder holding it (default: the one in the model folder)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def model_from_args(args, default_dtype: str | None = "fp32"):
+    """GPTNeoX.from_pretrained with the CLI's model options. dtype: --dtype, else default_dtype on
+    CPU (fp16 matmuls are slow there) and the stored dtype on a GPU; default_dtype None = stored."""
+    import torch
+
+    from .model import GPTNeoX
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or (default_dtype if torch.device(device).type == "cpu" else None)
+    kwargs = {"dtype": dtype, "device": device}
+    if args.revision is not None:  # only Hub names have revisions
+        kwargs["revision"] = args.revision
+    return GPTNeoX.from_pretrained(args.model, **kwargs)
+
+
+def tokenizer_from_args(args, model):
+    """--tokenizer, else tokenizer.json in the folder the model was loaded from."""
+    from pathlib import Path
+
+    from .tokenizer import Tokenizer
+
+    return Tokenizer(args.tokenizer or Path(model.provenance["path"]))
+
+
+GENERATE_EXAMPLES = """\
+The prompt is printed, then the continuation as it is produced. Generation stops after -n tokens,
+at <|endoftext|> (unless --ignore-eos) or at a --stop string (neither is printed).
+
+examples:
+  neox-mini generate --model /tmp/pythia-70m-random -n 40 "Hello, I am"
+  neox-mini generate --model EleutherAI/pythia-160m --greedy "The capital of France is"
+  neox-mini generate --seed 7 --temperature 0.8 --top-k 50 "Once upon a time"   # reproducible
+  neox-mini generate --top-p 0.9 --repetition-penalty 1.2 --stop "\\n\\n" "Q: Why? A:"
+  echo "a long prompt" | neox-mini generate --truncate -
+"""
+
+
+def add_generate_parser(sub) -> None:
+    p = sub.add_parser("generate", parents=[COMMON], help="generate text from a prompt (streamed)",
+                       description="Generate a continuation of PROMPT and stream it to stdout.",
+                       epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from stdin)")
+    add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
+    p.add_argument("-n", "--max-new-tokens", type=non_negative_int, default=100, metavar="N",
+                   help="tokens to generate at most (default 100)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
+    p.add_argument("--top-k", type=positive_int, default=200, help="sample from the k likeliest tokens (default 200)")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this much probability")
+    p.add_argument("--seed", type=int, help="seed for sampling: the same seed gives the same text")
+    p.add_argument("--greedy", action="store_true", help="always take the likeliest token (temperature 0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages tokens already in the text (CTRL-style; default 1 = off)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when this text is produced (repeatable; backslash escapes such as \\n work)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|>")
+    p.add_argument("--bos", action="store_true", help="prepend <|endoftext|> (id 0) to the prompt; "
+                                                     "Pythia adds none by default")
+    p.add_argument("--truncate", action="store_true",
+                   help="if prompt + N exceeds the context, keep the prompt's last tokens instead of failing")
+    p.set_defaults(func=cmd_generate)
+
+
+def unescape(text: str) -> str:
+    """A stop string as typed on a shell: backslash-n, backslash-t and double backslash -> the characters."""
+    import re
+
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+def cmd_generate(args) -> int:
+    from .generate import stream_text
+    from .tokenizer import EOS_ID
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if prompt == "" and not args.bos:
+        raise ValueError("the prompt is empty: give some text, or --bos to start from <|endoftext|>")
+    stops = [unescape(s) for s in args.stop]
+    model = model_from_args(args)
+    tokenizer = tokenizer_from_args(args, model)
+    ids = tokenizer.encode(prompt, bos=args.bos)
+
+    context, n = model.config.max_position_embeddings, args.max_new_tokens
+    if len(ids) + n > context:
+        if not args.truncate:
+            raise ValueError(f"the prompt is {len(ids)} tokens; with -n {n} that is {len(ids) + n} > the "
+                             f"context length {context}: shorten the prompt, lower -n, or pass --truncate")
+        if n >= context:
+            raise ValueError(f"-n {n} leaves no room for the prompt in the context length {context}")
+        print(f"note: prompt truncated from {len(ids)} to its last {context - n} tokens", file=sys.stderr)
+        ids = ids[len(ids) - (context - n):]
+
+    sampling = dict(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed, repetition_penalty=args.repetition_penalty)
+    # Echo the prompt as the tokenizer reads it (what a one-shot decode of prompt + output shows),
+    # without a --bos token.
+    print(tokenizer.decode(ids[1:] if args.bos else ids), end="", flush=True)
+    for piece in stream_text(model, tokenizer, ids, n, stop=stops,
+                             eos_id=None if args.ignore_eos else EOS_ID, **sampling):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+SCORE_EXAMPLES = """\
+Every token of FILE is scored, the first one conditioned on <|endoftext|> (as documents began in
+Pythia's training). Texts longer than the window are scored with a sliding window: each window
+advances by --stride tokens, and each token is scored once, with the tokens before it in its
+window as context.
+
+examples:
+  neox-mini score --model EleutherAI/pythia-160m book.txt
+  neox-mini score --model /tmp/pythia-70m-random --stride 512 --json notes.txt
+"""
+
+
+def add_score_parser(sub) -> None:
+    p = sub.add_parser("score", parents=[COMMON], help="perplexity and bits per byte of a text file",
+                       description="Perplexity, tokens scored and bits per byte of a UTF-8 text file.",
+                       epilog=SCORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
+    add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
+    p.add_argument("--window", type=positive_int, help="tokens per forward pass (default: the context length)")
+    p.add_argument("--stride", type=positive_int, help="tokens the window advances by (default: half the window)")
+    p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    p.set_defaults(func=cmd_score)
+
+
+def read_text_file(path: str) -> str:
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} "
+                         f"is invalid ({e.reason})") from None
+    if not text:
+        raise ValueError(f"{path} is empty: nothing to score")
+    return text
+
+
+def cmd_score(args) -> int:
+    import json
+
+    from .scoring import score_text
+
+    text = read_text_file(args.file)  # before loading the model: a bad file fails fast
+    model = model_from_args(args)
+    tokenizer = tokenizer_from_args(args, model)
+    s = score_text(model, tokenizer, text, window=args.window, stride=args.stride)
+    numbers = {"file": args.file, "tokens": s.tokens, "bytes": s.bytes, "nll_per_token": s.mean_nll,
+               "perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte, "window": s.window,
+               "stride": s.stride, "windows": s.windows}
+    if args.json:
+        print(json.dumps(numbers))
+        return 0
+    print(f"file            {args.file} ({s.bytes:,} bytes)")
+    print(f"tokens scored   {s.tokens:,} ({s.windows} windows of <= {s.window} tokens, stride {s.stride})")
+    print(f"loss            {s.mean_nll:.6f} nats/token")
+    print(f"perplexity      {s.perplexity:.6g}")
+    print(f"bits per byte   {s.bits_per_byte:.6f}")
+    return 0
+
+
+INFO_EXAMPLES = """\
+examples:
+  neox-mini info --model /tmp/pythia-70m-random
+  neox-mini info --model EleutherAI/pythia-1b --revision step143000
+"""
+
+
+def add_info_parser(sub) -> None:
+    p = sub.add_parser("info", parents=[COMMON], help="what a checkpoint holds: config, params, dtypes, files, memory",
+                       description="Where the model came from, its config, total and non-embedding parameters "
+                                   "(checked against the Pythia table), stored dtypes, files and bytes, and "
+                                   "the memory it needs per dtype.",
+                       epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(p, "dtype to load in (default: the stored one)")
+    p.set_defaults(func=cmd_info)
+
+
+def stored_dtypes(files: list[str]) -> dict[str, int]:
+    """Tensors per stored dtype, read from the safetensors headers (no weights read) or the pickles."""
+    import json
+    import struct
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for f in files:
+        if f.endswith(".safetensors"):
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))  # the header: 8-byte length, then JSON
+                header = json.loads(fh.read(n))
+            names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64"}
+            counts.update(names.get(v["dtype"], v["dtype"]) for k, v in header.items() if k != "__metadata__")
+        else:
+            from pathlib import Path
+
+            from .checkpoint import iter_bin
+
+            counts.update(str(t.dtype).removeprefix("torch.") for _, t in iter_bin(Path(f)))
+    return dict(counts)
+
+
+def pythia_match(config) -> str | None:
+    """The Pythia table row with exactly this architecture, if any."""
+    from .config import pythia_table
+
+    keys = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+    for name, row in pythia_table().items():
+        if all(row[k] == getattr(config, k) for k in keys):
+            return name
+    return None
+
+
+def cmd_info(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from .config import pythia_table
+
+    model = model_from_args(args, default_dtype=None)
+    cfg = model.config
+    print("provenance")
+    for key, value in model.provenance.items():
+        if key != "files":
+            print(f"  {key:<24} {value}")
+
+    print("config")
+    for field in dataclasses.fields(cfg):
+        print(f"  {field.name:<24} {getattr(cfg, field.name)}")
+
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.gpt_neox.embed_in.weight.numel() + model.embed_out.weight.numel()
+    print("parameters")
+    print(f"  total                    {total:,}")
+    print(f"  non-embedding            {total - embedding:,}  (without embed_in and the untied embed_out)")
+    row = pythia_match(cfg)
+    if row is None:
+        print("  Pythia table             no row has this architecture")
+    else:
+        want = pythia_table()[row]
+        ok = total == want["params_total"] and total - embedding == want["params_non_embedding"]
+        print(f"  Pythia table             {row}: {want['params_total']:,} total, "
+              f"{want['params_non_embedding']:,} non-embedding: {'match' if ok else 'MISMATCH'}")
+
+    files = model.provenance["files"]
+    print("stored dtypes (tensors)  " + ", ".join(f"{d}: {n}" for d, n in stored_dtypes(list(files)).items()))
+    print("files")
+    folder = Path(model.provenance["path"])
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            print(f"  {f.name:<40} {f.stat().st_size:>16,} bytes{'  (weights)' if str(f) in files else ''}")
+    print(f"  {'weights total':<40} {sum(files.values()):>16,} bytes")
+
+    # Weights, plus the KV cache for one full-context sequence: 2 (k and v) x layers x context x C.
+    kv = 2 * cfg.num_layers * cfg.max_position_embeddings * cfg.hidden_size
+    print(f"memory (weights + KV cache of one {cfg.max_position_embeddings}-token sequence)")
+    for name, nbytes in (("fp32", 4), ("bf16", 2), ("fp16", 2)):
+        print(f"  {name:<6} {total * nbytes / 2**20:>12,.1f} MiB + {kv * nbytes / 2**20:,.1f} MiB")
+    return 0
+
+
+def add_configs_parser(sub) -> None:
+    p = sub.add_parser("configs", parents=[COMMON], help="the Pythia table (sizes, params, training hyper-parameters)",
+                       description="The Pythia suite as in configs/pythia.toml; batch size and learning "
+                                   "rate as in the model card.",
+                       epilog="example:\n  neox-mini configs", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_configs)
+
+
+def cmd_configs(args) -> int:
+    from .config import pythia_table  # stdlib only: no torch import for this command
+
+    header = ("name", "layers", "d_model", "heads", "non-embedding", "total", "vocab", "batch (tokens)", "lr")
+    rows = [(name, r["num_layers"], r["hidden_size"], r["num_heads"], f"{r['params_non_embedding']:,}",
+             f"{r['params_total']:,}", r["vocab_size"], f"{r['batch_size_tokens']:,}", f"{r['learning_rate']:.1e}")
+            for name, r in pythia_table().items()]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    for line in (header, *rows):
+        print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(line, widths))))
+    return 0
+
+
+SUBCOMMANDS.extend([add_generate_parser, add_score_parser, add_info_parser, add_configs_parser])
 # ============================================================ end issue #3
 
 
