@@ -93,6 +93,10 @@ def resolve(name_or_path: str | Path, revision: str | None = None, *, warn: bool
         return Resolved(path, _local_provenance(path))
 
     revision = revision or "main"
+    # A revision names a file under refs/: refuse anything that could point outside it.
+    if not isinstance(revision, str) or revision.startswith("/") or "\\" in revision \
+            or any(part in ("", ".", "..") for part in revision.split("/")):
+        raise ResolveError(f"{revision!r} is not a revision name (a branch such as step3000, a tag, or a commit sha)")
     try:
         check_revision(revision, repo_id)
     except RevisionError as e:

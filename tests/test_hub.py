@@ -153,6 +153,9 @@ def test_an_unknown_revision_is_refused_with_the_nearest_ones_before_any_lookup(
         GPTNeoX.from_pretrained(REPO, revision="step1001")
     with pytest.raises(ResolveError, match=r"'step01000' is not a checkpoint name.*nearest: step1000"):
         GPTNeoX.from_pretrained("pythia-70m", revision="step01000")
+    for bad in ["../../../etc", "/abs", "refs//x", "a\\b"]:  # a revision never names a path outside refs/
+        with pytest.raises(ResolveError, match=r"is not a revision name"):
+            resolve(REPO, bad)
     assert tree_state(root) == before
 
 
