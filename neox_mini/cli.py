@@ -340,6 +340,58 @@ SUBCOMMANDS.extend([add_generate_parser, add_score_parser, add_info_parser, add_
 
 
 # ============================================================ revisions (issue #4)
+
+REVISIONS_EPILOG = """\
+examples:
+  neox-mini revisions                              all 154: name, step, tokens seen
+  neox-mini revisions --cached pythia-160m         the revisions of EleutherAI/pythia-160m on disk
+  neox-mini generate --model pythia-160m --revision step3000 "Hello"
+
+Each step is 1,024 sequences x 2,048 tokens = 2,097,152 tokens; main is step143000.
+Short names: pythia-160m, 160m, pythia-160m-deduped, 160m-deduped -> EleutherAI/pythia-...
+"""
+
+
+def add_revisions_parser(sub) -> None:
+    p = sub.add_parser("revisions", parents=[COMMON], help="the 154 Pythia training checkpoints (step <-> tokens)",
+                       description="List the checkpoints every Pythia model has as a Hub branch, or, with "
+                                   "--cached, the revisions of one model already in the Hugging Face cache.",
+                       epilog=REVISIONS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cached", metavar="MODEL",
+                   help="a Hub name (EleutherAI/pythia-160m, pythia-160m): list its revisions in the cache, "
+                        "with commit, state and known issues")
+    p.set_defaults(func=cmd_revisions)
+
+
+def cmd_revisions(args) -> int:
+    from .revisions import FINAL_STEP, REVISIONS, revision_step, step_to_tokens  # stdlib only: no torch
+
+    if args.cached is None:
+        for name in REVISIONS:
+            step = revision_step(name)
+            print(f"{name:<11} {step:>8,} {step_to_tokens(step):>16,} tokens"
+                  + ("  (= main)" if step == FINAL_STEP else ""))
+        return 0
+
+    from .hub import ResolveError, cache_root, cached_revisions, hub_repo_id, known_issues_for
+
+    repo_id = hub_repo_id(args.cached)
+    if repo_id is None:
+        raise ResolveError(f"--cached takes a Hub name such as EleutherAI/pythia-160m or pythia-160m, "
+                           f"not {args.cached!r}")
+    revisions = cached_revisions(repo_id)
+    for r in revisions:
+        step = revision_step(r.ref) if r.ref else None
+        tokens = f"{step_to_tokens(step):,} tokens" if step is not None else ""
+        issues = [i["id"] for i in known_issues_for(repo_id, [r.ref])] if r.ref else []
+        state = "complete" if r.problem is None else f"INCOMPLETE: {r.problem}"
+        print(f"{r.ref or '(no ref)':<11} {'' if step is None else f'{step:,}':>8} {tokens:>23}  {r.commit[:12]}  "
+              f"{state}" + (f"  KNOWN ISSUE: {', '.join(issues)}" if issues else ""))
+    print(f"{len(revisions)} revision(s) of {repo_id} in {cache_root()}", file=sys.stderr)
+    return 0
+
+
+SUBCOMMANDS.append(add_revisions_parser)
 # ============================================================ end issue #4
 
 
