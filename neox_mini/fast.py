@@ -1,0 +1,166 @@
+"""The fast inference path: the same GPT-NeoX as model.py, computed with fewer and bigger operations.
+
+model.py is the textbook and the reference; this file is what `generate` runs. The two relate like
+this:
+  * Same weights: `forward(model, ...)` reads the very parameter tensors of a `GPTNeoX` (no copy, no
+    conversion), so memory-mapped weights stay memory-mapped and there is one copy of them in RAM.
+  * Same KV cache: it writes the same `KVCache` buffers (set up by `model.setup_kv_cache`), in the
+    same layout, so the two paths can even take turns within one sequence.
+  * Same function: `forward(model, ids, ...)` returns what `model(ids, ...)` returns (logits, same
+    arguments, same errors), up to float rounding. tests/test_fast_path.py checks it against the
+    readable model and against transformers at the tolerances of `parity.TOLERANCES` (1e-5 relative
+    in fp32) and checks that greedy generation gives identical tokens.
+
+Where the time goes on a CPU, and what this file changes (measurements: README, "Performance"):
+  * Decoding multiplies every weight matrix by a single vector, so a decode step is bound by memory
+    bandwidth. F.linear with one input row is slow on CPU (one thread does most of the work); the
+    same product written as a batched product over row blocks of the weight (`linear` below) keeps
+    every core streaming. This matters most for the 50304 x C LM head.
+  * A small model spends a decode step dispatching tiny ops rather than computing. The readable
+    attention is ~40 ops per layer; here it is ~15: rotary is one small matmul with a rotation
+    matrix built once per forward call (not per layer), attention is one
+    F.scaled_dot_product_attention call, and no mask is built when causality alone decides
+    (decoding one token, or a prefill from position 0).
+  * Prefill for generation asks only for the last position's logits (last_token_only).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .model import GPTNeoX, KVCache, check_token_ids, rotate_half
+
+# A matrix-vector product (at most MATVEC_MAX_ROWS input rows) is computed as a batched product over
+# MATVEC_SPLIT row blocks of the weight, when the output size divides evenly. Chosen by
+# measurement (scripts/bench.py --matvec): see the README.
+MATVEC_MAX_ROWS = 8
+MATVEC_SPLIT = 8
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) ([..., I] -> [..., O]), faster when x has only a few rows.
+
+    The weight [O, I] is viewed (no copy) as k blocks of O/k rows, [k, O/k, I], and multiplied by x
+    in one batched product: each block is an independent matrix-vector product that a core can
+    stream on its own. Every output is still one dot product of a weight row with x.
+    """
+    rows, O = x.numel() // x.shape[-1], weight.shape[0]
+    k = MATVEC_SPLIT
+    if rows > MATVEC_MAX_ROWS or O % k:
+        return F.linear(x, weight, bias)
+    w = weight.view(k, O // k, weight.shape[1])  # [k, O/k, I]
+    xt = x.reshape(1, rows, x.shape[-1]).transpose(1, 2).expand(k, -1, -1)  # [k, I, rows]
+    if bias is None:
+        y = torch.bmm(w, xt)  # [k, O/k, rows]
+    else:
+        y = torch.baddbmm(bias.view(k, O // k, 1), w, xt)  # [k, O/k, rows]
+    return y.permute(2, 0, 1).reshape(*x.shape[:-1], O)  # [..., O]: blocks side by side again
+
+
+def rotation_matrices(model: GPTNeoX, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rotary embedding as one matrix per position: apply_rotary(x)[:R] == x[:R] @ M, [B, T] -> [B, T, R, R].
+
+    model.py rotates with x * cos + rotate_half(x) * sin. rotate_half is linear, so it is a matrix
+    Q (row i = rotate_half of the i-th unit vector), and the whole rotation is
+    M = diag(cos) + Q diag(sin): one small matmul per layer instead of seven elementwise ops.
+    Built once per forward call and shared by every layer.
+    """
+    cos = model.rotary.cos[position_ids]  # [B, T, R], fp32
+    sin = model.rotary.sin[position_ids]  # [B, T, R], fp32
+    R = cos.shape[-1]
+    Q = rotate_half(torch.eye(R, device=cos.device))  # [R, R]: x @ Q == rotate_half(x)
+    M = torch.diag_embed(cos) + Q * sin[..., None, :]  # [B, T, R, R]: column j scaled by sin_j
+    return M.to(dtype)
+
+
+def attention(block_attn, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+              start_pos: int) -> torch.Tensor:
+    """model.Attention.forward with the same weights and cache: [B, T, C] -> [B, T, C]."""
+    B, T, C = x.shape
+    nh, hs = block_attn.num_heads, block_attn.head_size
+    R = M.shape[-1]
+    proj = block_attn.query_key_value
+    qkv = linear(x, proj.weight, proj.bias).view(B, T, nh, 3, hs)  # [B, T, nh, 3, hs]: per-head layout
+    # Rotate the first R dims of q and k (both at once) in place: [B, T, 2nh, R] @ [B, T, R, R].
+    qk = qkv[:, :, :, :2, :R]  # [B, T, nh, 2, R]
+    qkv[:, :, :, :2, :R] = (qk.reshape(B, T, 2 * nh, R) @ M).view(B, T, nh, 2, R)
+    q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each [B, nh, T, hs] (strided views)
+
+    cache: KVCache | None = block_attn.kv_cache
+    if cache is not None:
+        k, v = cache.update(start_pos, k, v)  # each [B, nh, S, hs]
+    # One fused kernel: scores, mask, fp32-accumulated softmax, weighted sum of values.
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # [B, nh, T, hs]
+    y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
+    return linear(y, block_attn.dense.weight, block_attn.dense.bias)  # [B, T, C]
+
+
+def mlp(block_mlp, x: torch.Tensor) -> torch.Tensor:
+    h = linear(x, block_mlp.dense_h_to_4h.weight, block_mlp.dense_h_to_4h.bias)  # [B, T, F]
+    h = F.gelu(h, approximate=block_mlp.approximate)  # [B, T, F]
+    return linear(h, block_mlp.dense_4h_to_h.weight, block_mlp.dense_4h_to_h.bias)  # [B, T, C]
+
+
+def block_forward(block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                  start_pos: int) -> torch.Tensor:
+    ln1, ln2 = block.input_layernorm, block.post_attention_layernorm
+    attn_out = attention(block.attention, F.layer_norm(x, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps),
+                         M, mask, is_causal, start_pos)  # [B, T, C]
+    if block.use_parallel_residual:
+        h = F.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
+        return x + attn_out + mlp(block.mlp, h)  # [B, T, C], summed in model.py's order
+    x = x + attn_out  # [B, T, C]
+    h = F.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
+    return x + mlp(block.mlp, h)  # [B, T, C]
+
+
+def attention_mask_for_sdpa(start_pos: int, T: int, attention_mask: torch.Tensor | None,
+                            dtype: torch.dtype, device) -> tuple[torch.Tensor | None, bool]:
+    """(additive mask [B|1, 1, T, S] or None, is_causal) for F.scaled_dot_product_attention.
+
+    No mask at all in the two common cases: one new token sees every cached key, and a prefill from
+    position 0 is plain causal attention (is_causal lets the kernel skip the masked half).
+    Otherwise the mask of model.py, as an additive mask: masked keys get the dtype's most negative
+    value rather than -inf, so a row with every key masked (a left-padding position) gives finite
+    garbage that nobody reads instead of NaN that would leak into other rows.
+    """
+    S = start_pos + T
+    if attention_mask is not None and bool(attention_mask[:, :S].all()):
+        attention_mask = None  # generate() always passes one; without padding it changes nothing
+    if attention_mask is None and T == 1:
+        return None, False
+    if attention_mask is None and start_pos == 0:
+        return None, True
+    key_index = torch.arange(S, device=device)  # [S]
+    query_index = torch.arange(start_pos, S, device=device)  # [T]
+    allowed = (key_index[None, :] <= query_index[:, None])[None, None]  # [1, 1, T, S]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :S].bool()  # [B, 1, T, S]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min), False
+
+
+@torch.inference_mode()
+def forward(model: GPTNeoX, input_ids: torch.Tensor, *, start_pos: int = 0,
+            position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+            last_token_only: bool = False) -> torch.Tensor:
+    """What `model(input_ids, ...)` returns (logits [B, T, V], or [B, 1, V] with last_token_only),
+    computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states)."""
+    cfg = model.config
+    B, T = input_ids.shape
+    model.check_inputs(input_ids, start_pos)
+    S = start_pos + T
+    if position_ids is None:
+        position_ids = torch.arange(start_pos, S, device=input_ids.device).expand(B, T)  # [B, T]
+
+    x = F.embedding(input_ids, model.gpt_neox.embed_in.weight)  # [B, T, C]
+    M = rotation_matrices(model, position_ids, x.dtype)  # [B, T, R, R]
+    mask, is_causal = attention_mask_for_sdpa(start_pos, T, attention_mask, x.dtype, x.device)
+    for block in model.gpt_neox.layers:
+        x = block_forward(block, x, M, mask, is_causal, start_pos)  # [B, T, C]
+    if last_token_only:
+        x = x[:, -1:, :]  # [B, 1, C]
+    ln = model.gpt_neox.final_layer_norm
+    x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)  # [B, T, C]
+    return linear(x, model.embed_out.weight)  # [B, T, V]

@@ -1,0 +1,377 @@
+#!/usr/bin/env python
+"""neox_mini vs transformers on the CPU, side by side, in the same run.
+
+Both libraries run the same random-weight checkpoints (made by scripts/make_checkpoint.py, Pythia
+14m / 70m / 160m shapes, cached in --cache and reused). Every measurement alternates between the
+two (neox, hf, hf, neox, ...) so that a change in machine load hits both, and reports the median
+of --runs runs with min-max, and the ratio neox / transformers:
+
+  decode    tok/s generating 128 new tokens after a 16-token prompt, greedy, EOS ignored, at batch
+            1 and 8 (tokens of all rows per second; the time of the whole generate call, i.e. the
+            16-token prefill included). transformers: generate(do_sample=False, min_new_tokens=N).
+  prefill   tok/s of one forward over a 512- / 2048-token prompt that fills the KV cache and returns
+            only the last position's logits (transformers: use_cache=True, logits_to_keep=1).
+  cold      seconds from process start to the first generated token, fresh process each time:
+            `neox-mini generate --greedy -n 1` vs the equivalent transformers script (AutoTokenizer,
+            from_pretrained, generate(max_new_tokens=1)); both measured as the wall time of the
+            whole process, which ends right after that token.
+  rss       peak resident memory (VmHWM) of a fresh process that loads the model and generates
+            8 tokens (every weight used), next to the peak of a process that only imports torch
+            and the budget RSS(import torch) + 1.05 x weight bytes.
+  matvec    GB/s of the 50304 x C LM-head product for one token: F.linear vs fast.linear.
+
+    python scripts/bench.py --quick          # < 10 minutes on a 2-core machine
+    python scripts/bench.py                  # everything, 5 runs each
+    python scripts/bench.py --sizes 160m --dtypes fp32 --only decode prefill
+
+The machine's load average is recorded with every measurement: CPU timings taken while other
+processes compete for the cores are not comparable (with 2 threads on 2 busy cores, OpenMP
+barriers wait for descheduled threads and everything gets several times slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+TOKENIZER_JSON = REPO.parent / "shared" / "tokenizer" / "gpt-neox-20b" / "tokenizer.json"
+
+PROMPT_LEN, NEW_TOKENS = 16, 128
+PROMPT_TEXT = "The quick brown fox jumps over the lazy dog, and then"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def alternate(fns: dict, runs: int) -> dict[str, list[float]]:
+    """Run each function once to warm up, then `runs` times each, alternating and flipping the
+    order every round (a, b, b, a, a, b, ...). Each fn returns its measured value."""
+    for fn in fns.values():
+        fn()
+    values = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(runs):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            values[name].append(fns[name]())
+    return values
+
+
+def checkpoint(cache: Path, size: str, dtype: str) -> Path:
+    """A random-weight checkpoint of the given Pythia shape, made once and reused."""
+    from make_checkpoint import make_checkpoint
+
+    folder = cache / f"pythia-{size}-{dtype}"
+    if not (folder / "config.json").is_file():
+        print(f"  making {folder} ...", flush=True)
+        make_checkpoint(folder, size=size, dtype=dtype, tokenizer=TOKENIZER_JSON)
+    return folder
+
+
+def weight_bytes(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        for name in f.keys():
+            t = f.get_slice(name)
+            n = 1
+            for d in t.get_shape():
+                n *= d
+            total += n * {"F32": 4, "BF16": 2, "F16": 2}[t.get_dtype()]
+    return total
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_CODE = {"fp32": "torch.float32", "bf16": "torch.bfloat16"}  # the same, in a subprocess script
+
+
+def load_both(folder: Path, dtype: str):
+    from transformers import GPTNeoXForCausalLM
+
+    from neox_mini import GPTNeoX
+
+    neox = GPTNeoX.from_pretrained(folder)
+    hf = GPTNeoXForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[dtype]).eval()
+    hf.generation_config.eos_token_id = None  # EOS ignored: always N new tokens
+    hf.generation_config.pad_token_id = 1
+    return neox, hf
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- in-process benches
+
+
+def bench_decode(neox, hf, batch: int, runs: int, new_tokens: int) -> dict:
+    from neox_mini import generate
+
+    V = neox.config.vocab_size
+    ids = torch.randint(0, 50000, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(batch))
+    mask = torch.ones_like(ids)
+    outs = {}
+
+    def run_hf():
+        def go():
+            with torch.inference_mode():
+                outs["hf"] = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens, do_sample=False)
+        return batch * new_tokens / timed(go)
+
+    def run_neox():
+        # vocab_limit=V: no masking of the padded vocabulary, so the tokens can equal transformers'
+        def go():
+            outs["neox"] = generate(neox, ids, new_tokens, vocab_limit=V)
+        return batch * new_tokens / timed(go)
+
+    values = alternate({"neox": run_neox, "hf": run_hf}, runs)
+    same = torch.equal(outs["neox"], outs["hf"])
+    return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "same_tokens": same}
+
+
+def bench_prefill(neox, hf, T: int, runs: int) -> dict:
+    from neox_mini.generate import prefill
+
+    ids = torch.randint(0, 50000, (1, T), generator=torch.Generator().manual_seed(T))
+
+    def run_neox():
+        neox.setup_kv_cache(1, T)
+        try:
+            return T / timed(lambda: prefill(neox, ids))
+        finally:
+            neox.clear_kv_cache()
+
+    def run_hf():
+        def go():
+            with torch.inference_mode():
+                hf(ids, use_cache=True, logits_to_keep=1)
+        return T / timed(go)
+
+    values = alternate({"neox": run_neox, "hf": run_hf}, runs)
+    return {"neox": summary(values["neox"]), "hf": summary(values["hf"])}
+
+
+def bench_matvec(C: int, dtype: str, runs: int) -> dict:
+    """GB/s of the LM-head product for one token: F.linear vs fast.linear (a batched product)."""
+    import torch.nn.functional as F
+
+    from neox_mini import fast
+
+    W = torch.randn(50304, C).to(TORCH_DTYPES[dtype])
+    x = torch.randn(1, 1, C).to(W.dtype)
+    nbytes = W.numel() * W.element_size()
+
+    def rate(fn):
+        def run():
+            with torch.inference_mode():
+                fn()  # warm
+                reps = 20
+                t = timed(lambda: [fn() for _ in range(reps)])
+            return nbytes * reps / t / 1e9
+        return run
+
+    values = alternate({"neox": rate(lambda: fast.linear(x, W)), "hf": rate(lambda: F.linear(x, W))}, runs)
+    return {"neox": summary(values["neox"]), "hf": summary(values["hf"])}
+
+
+# ----------------------------------------------------------------------------- fresh-process benches
+
+NEOX_RSS = """
+import torch, sys
+torch.set_num_threads({threads})
+from neox_mini import GPTNeoX, generate
+m = GPTNeoX.from_pretrained(sys.argv[1])
+generate(m, torch.randint(0, 50000, (1, 16)), 8)
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+HF_RSS = """
+import torch, sys
+torch.set_num_threads({threads})
+from transformers import GPTNeoXForCausalLM
+m = GPTNeoXForCausalLM.from_pretrained(sys.argv[1], dtype={dtype})
+with torch.inference_mode():
+    m.generate(torch.randint(0, 50000, (1, 16)), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=1)
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+TORCH_RSS = """
+import torch
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+HF_COLD = """
+import sys
+import torch
+torch.set_num_threads({threads})
+from transformers import AutoTokenizer, GPTNeoXForCausalLM
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+model = GPTNeoXForCausalLM.from_pretrained(sys.argv[1], dtype={dtype})
+ids = tok(sys.argv[2], return_tensors="pt").input_ids
+out = model.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=1)
+print(sys.argv[2] + tok.decode(out[0, ids.shape[1]:]))
+"""
+
+
+def python_rss_kib(code: str, *args: str) -> int:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def bench_rss(folder: Path, dtype: str, runs: int, threads: int) -> dict:
+    def mib(code):
+        return lambda: python_rss_kib(code, str(folder)) / 1024
+
+    values = alternate({"neox": mib(NEOX_RSS.format(threads=threads)),
+                        "hf": mib(HF_RSS.format(threads=threads, dtype=DTYPE_CODE[dtype])),
+                        "torch": mib(TORCH_RSS)}, runs)
+    weights_mib = weight_bytes(folder) / 2**20
+    torch_mib = statistics.median(values["torch"])
+    return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "import_torch": summary(values["torch"]),
+            "weights_mib": weights_mib, "budget_mib": torch_mib + 1.05 * weights_mib}
+
+
+def neox_cli() -> list[str]:
+    """The installed `neox-mini` command (the console script), else `python -m neox_mini`."""
+    exe = Path(sys.executable).parent / "neox-mini"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "neox_mini"]
+
+
+def bench_cold(folder: Path, dtype: str, runs: int, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    neox_cmd = [*neox_cli(), "generate", "--model", str(folder), "--dtype", dtype, "--greedy", "-n", "1", PROMPT_TEXT]
+    hf_cmd = [sys.executable, "-c", HF_COLD.format(threads=threads, dtype=DTYPE_CODE[dtype]),
+              str(folder), PROMPT_TEXT]
+
+    def wall(cmd):
+        def run():
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            dt = time.perf_counter() - t0
+            if out.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[:3])} ... failed:\n{out.stderr[-2000:]}")
+            return dt
+        return run
+
+    values = alternate({"neox": wall(neox_cmd), "hf": wall(hf_cmd)}, runs)
+    return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "neox_command": " ".join(neox_cmd[:2] + neox_cmd[2:-1]) + " PROMPT"}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt(s: dict, digits: int = 0) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def ratio(r: dict) -> float:
+    return r["neox"]["median"] / r["hf"]["median"]
+
+
+def print_row(name: str, r: dict, digits: int = 0, goal: str = "") -> None:
+    print(f"| {name} | {fmt(r['neox'], digits)} | {fmt(r['hf'], digits)} | {ratio(r):.2f}x | {goal} |", flush=True)
+
+
+def environment(threads: int) -> dict:
+    import tokenizers
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="3 runs; bf16: decode batch 1, prefill 512 and rss only (< 10 minutes on 2 cores)")
+    p.add_argument("--sizes", nargs="+", default=["14m", "70m", "160m"])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--only", nargs="+", choices=["matvec", "decode", "prefill", "cold", "rss"],
+                   default=["matvec", "decode", "prefill", "cold", "rss"])
+    p.add_argument("--runs", type=int, help="measured runs per number (default 5, --quick 3; at least 3)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--cache", type=Path, default=Path("/tmp/neox_mini_bench"),
+                   help="folder for the random checkpoints (made once, reused)")
+    p.add_argument("--json", type=Path, default=REPO / "bench_out" / "bench.json", help="where to write the results")
+    a = p.parse_args(argv)
+    runs = a.runs or (3 if a.quick else 5)
+    if runs < 3:
+        p.error("--runs must be at least 3 (medians of >= 3 runs)")
+    torch.set_num_threads(a.threads)
+    a.cache.mkdir(parents=True, exist_ok=True)
+
+    env = environment(a.threads)
+    print(f"# {env['cpu']}, {env['cores']} cores ({env['cpu_capability']}), {a.threads} threads; torch {env['torch']}, "
+          f"transformers {env['transformers']}; {runs} runs; load average {load_avg()}", flush=True)
+    results = {"environment": env, "runs": runs, "quick": a.quick, "results": []}
+    started = time.perf_counter()
+
+    def record(kind: str, size: str, dtype: str, params: dict, r: dict, label: str, digits: int = 0, goal: str = ""):
+        r.update(kind=kind, size=size, dtype=dtype, **params, ratio=ratio(r), load_avg=load_avg())
+        results["results"].append(r)
+        print_row(label, r, digits, goal)
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(results, indent=1) + "\n")
+
+    print("\n| measurement | neox_mini | transformers | ratio | goal |\n|---|---|---|---|---|", flush=True)
+    for dtype in a.dtypes:
+        quick_bf16 = a.quick and dtype == "bf16"
+        if "matvec" in a.only:
+            for size, C in (("14m", 128), ("70m", 512), ("160m", 768)):
+                if size in a.sizes:
+                    r = bench_matvec(C, dtype, runs)
+                    record("matvec", size, dtype, {}, r, f"{size} {dtype} LM-head matvec GB/s (fast.linear vs F.linear)", 1)
+        for size in a.sizes:
+            folder = checkpoint(a.cache, size, dtype)
+            if {"decode", "prefill"} & set(a.only):
+                neox, hf = load_both(folder, dtype)
+                if "decode" in a.only:
+                    for batch in ((1,) if quick_bf16 else (1, 8)):
+                        goal = {"14m": ">= 4x", "70m": ">= 2.5x", "160m": ">= 2.5x"}.get(size, "") if dtype == "fp32" and batch == 1 else ""
+                        r = bench_decode(neox, hf, batch, runs, NEW_TOKENS)
+                        record("decode", size, dtype, {"batch": batch}, r, f"{size} {dtype} decode tok/s, batch {batch}"
+                               + ("" if r["same_tokens"] else " (tokens differ!)"), 0, goal)
+                if "prefill" in a.only:
+                    for T in ((512,) if quick_bf16 else (512, 2048)):
+                        r = bench_prefill(neox, hf, T, runs)
+                        record("prefill", size, dtype, {"tokens": T}, r, f"{size} {dtype} prefill {T} tok/s", 0,
+                               ">= 1.3x" if dtype == "fp32" else "")
+                del neox, hf
+            if "cold" in a.only and not quick_bf16:
+                r = bench_cold(folder, dtype, runs, a.threads)
+                record("cold", size, dtype, {}, r, f"{size} {dtype} start to first token, s", 2, "<= 0.5x")
+            if "rss" in a.only:
+                r = bench_rss(folder, dtype, runs, a.threads)
+                record("rss", size, dtype, {}, r, f"{size} {dtype} peak RSS MiB (budget {r['budget_mib']:.0f}: "
+                       f"torch {r['import_torch']['median']:.0f} + 1.05 x {r['weights_mib']:.0f} weights)", 0,
+                       f"neox <= {r['budget_mib']:.0f}")
+    results["seconds"] = time.perf_counter() - started
+    a.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\n{results['seconds']:.0f} s; load average now {load_avg()}; JSON: {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
