@@ -367,10 +367,15 @@ def cmd_revisions(args) -> int:
     from .revisions import FINAL_STEP, REVISIONS, revision_step, step_to_tokens  # stdlib only: no torch
 
     if args.cached is None:
-        for name in REVISIONS:
-            step = revision_step(name)
-            print(f"{name:<11} {step:>8,} {step_to_tokens(step):>16,} tokens"
-                  + ("  (= main)" if step == FINAL_STEP else ""))
+        lines = [f"{name:<11} {revision_step(name):>8,} {step_to_tokens(revision_step(name)):>16,} tokens"
+                 + ("  (= main)" if revision_step(name) == FINAL_STEP else "") for name in REVISIONS]
+        try:
+            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `neox-mini revisions | head`: the reader left, which is not an error
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is silent
         return 0
 
     from .hub import ResolveError, cache_root, cached_revisions, hub_repo_id, known_issues_for
