@@ -65,7 +65,7 @@ class KnownIssueWarning(UserWarning):
 @dataclass
 class Resolved:
     path: Path          # the folder to load from
-    provenance: dict    # repo_id, revision, commit, source, ... (see resolve)
+    provenance: dict    # repo_id, revision, commit_sha, source, ... (see resolve)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -79,8 +79,9 @@ def resolve_model(name_or_path: str | Path, revision: str | None = None) -> Path
 def resolve(name_or_path: str | Path, revision: str | None = None, *, warn: bool = True) -> Resolved:
     """Resolve a folder or Hub name to a local folder plus its provenance:
 
-    repo_id, revision (as asked; "main" when not given), commit (the sha actually loaded), source
-    ("local", "cache" or "download"), step and tokens (for checkpoint names), known_issues (ids).
+    repo_id, revision (as asked; "main" when not given), commit_sha (the commit actually loaded),
+    source ("local", "cache" or "download"), cache (its root), refs (the cached branch names that
+    point at that commit), step and tokens (for checkpoint names), known_issues (ids).
     A revision on the known-issues list emits a KnownIssueWarning (when warn=True)."""
     path = Path(name_or_path).expanduser()
     repo_id = None if path.exists() else hub_repo_id(str(name_or_path))
@@ -90,7 +91,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None, *, warn: bool
         if revision is not None and path.exists():
             raise ResolveError(f"revision={revision!r} applies to Hub names only, but {path} is a local folder "
                                f"(it is loaded as it is)")
-        return Resolved(path, _local_provenance(path))
+        return Resolved(path, _local_provenance(path, warn))
 
     revision = revision or "main"
     # A revision names a file under refs/: refuse anything that could point outside it.
@@ -118,20 +119,17 @@ def resolve(name_or_path: str | Path, revision: str | None = None, *, warn: bool
     return Resolved(folder, provenance)
 
 
-def _local_provenance(path: Path) -> dict:
+def _local_provenance(path: Path, warn: bool) -> dict:
     """A folder given by path. When it is a snapshot inside a Hub cache, say which repo and commit
     it is (and check the known issues of the branches that point at it)."""
     provenance: dict = {"source": "local"}
-    try:
-        snapshots, repo_dir = path.resolve().parent, path.resolve().parent.parent
-    except OSError:
-        return provenance
-    if snapshots.name == "snapshots" and _COMMIT_SHA.fullmatch(path.resolve().name) \
-            and repo_dir.name.startswith("models--"):
+    real = path.resolve() if path.is_dir() else None
+    if real is not None and real.parent.name == "snapshots" and _COMMIT_SHA.fullmatch(real.name) \
+            and real.parent.parent.name.startswith("models--"):
+        repo_dir = real.parent.parent  # models--ORG--NAME
         repo_id = "/".join(repo_dir.name.split("--")[1:])
-        commit = path.resolve().name
-        provenance.update(repo_id=repo_id, commit_sha=commit)
-        provenance.update(_checkpoint_facts(repo_dir.parent, repo_id, None, commit, warn=True))
+        provenance.update(repo_id=repo_id, commit_sha=real.name)
+        provenance.update(_checkpoint_facts(repo_dir.parent, repo_id, None, real.name, warn))
     return provenance
 
 
