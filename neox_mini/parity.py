@@ -626,7 +626,7 @@ def provenance_summary(provenance: dict | None) -> dict:
     return {
         "repo_id": p.get("repo_id") or "",
         "revision": p.get("revision") or "",
-        "commit_sha": p.get("commit_sha") or p.get("commit") or "",
+        "commit_sha": p.get("commit_sha") or "",
         "path": p.get("path") or "",
     }
 
