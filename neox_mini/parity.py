@@ -2,6 +2,10 @@
 
 The error measure everywhere is the *relative max error*: max |ours - ref| / max |ref| over a whole
 tensor (one number per layer), which is insensitive to the scale of each layer's activations.
+
+Below the comparison helpers is the parity tool behind `neox-mini parity`, in reading order:
+inputs -> running both models -> statistics -> golden reference files -> comparing -> the report
+-> `run_parity`, the whole check. transformers is imported only inside `load_transformers_model`.
 """
 
 from __future__ import annotations
