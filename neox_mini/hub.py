@@ -404,6 +404,10 @@ def _one_line(e: BaseException) -> str:
 
 # The paths a download may create: the repo folder, its lock folder, and the cache's own marker
 # files. Recorded before a download so that a failed one can be undone path by path.
+# Not covered: with hf_xet (files the real Hub stores with Xet), huggingface_hub may also publish
+# complete, hash-verified blobs into its shared store <cache>/blobs/ and the Xet chunk cache
+# (HF_HOME/xet). Those are huggingface_hub's own content-addressed stores with their own reference
+# bookkeeping; they are left alone (the tests' fake Hub serves plain HTTP, so this path is untested).
 def _cache_areas(root: Path, repo_id: str) -> list[Path]:
     return [repo_cache_dir(repo_id, root), root / ".locks" / repo_cache_dir(repo_id, root).name]
 
