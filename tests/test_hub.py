@@ -420,3 +420,19 @@ def test_download_errors(served, tmp_path):
     assert f"cached revisions of EleutherAI/pythia-70m in {cache}: step2000 = {cached[:12]}." in offline["error"]
     assert hub.take_log() == []
     assert tree_state(cache) == before
+
+
+def test_a_snapshot_missing_its_weights_is_completed_online(served, sources, tmp_path):
+    hub, worker, shas, base = served
+    cache, sha = tmp_path / "hub", shas["main"]
+    assert worker.load("pythia-70m", cache=cache)["ok"]
+    snapshot = cache / "models--EleutherAI--pythia-70m" / "snapshots" / sha
+    os.unlink(os.path.realpath(snapshot / "model.safetensors"))  # e.g. deleted to free space
+    os.unlink(snapshot / "model.safetensors")
+    hub.take_log()
+    again = worker.load("pythia-70m", cache=cache)
+    assert again["ok"] and again["provenance"]["source"] == "download"
+    log = hub.take_log()
+    assert [(m, p.rsplit("/", 1)[1]) for m, p in log[:2]] == [("GET", "main"), ("HEAD", "model.safetensors")]
+    assert len(log) == 3 and log[2][0] == "CDN GET"  # config.json and tokenizer.json were not fetched again
+    assert torch.equal(logits(snapshot), logits(sources["main"]))
