@@ -118,16 +118,24 @@ def unescape(text: str) -> str:
 
 
 def cmd_generate(args) -> int:
-    from .generate import stream_text
+    from .generate import check_sampling_args, stream_text
     from .tokenizer import EOS_ID
 
+    # Everything that can be checked without the model is checked first: bad input fails fast.
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if prompt == "" and not args.bos:
         raise ValueError("the prompt is empty: give some text, or --bos to start from <|endoftext|>")
+    sampling = dict(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed, repetition_penalty=args.repetition_penalty)
+    check_sampling_args(args.max_new_tokens, sampling["temperature"], args.top_k, args.top_p,
+                        args.repetition_penalty)
     stops = [unescape(s) for s in args.stop]
+    if "" in stops:
+        raise ValueError("--stop needs a non-empty text")
     model = model_from_args(args)
     tokenizer = tokenizer_from_args(args, model)
     ids = tokenizer.encode(prompt, bos=args.bos)
+    echo_from = 1 if args.bos else 0  # the --bos token is not echoed
 
     context, n = model.config.max_position_embeddings, args.max_new_tokens
     if len(ids) + n > context:
@@ -138,12 +146,11 @@ def cmd_generate(args) -> int:
             raise ValueError(f"-n {n} leaves no room for the prompt in the context length {context}")
         print(f"note: prompt truncated from {len(ids)} to its last {context - n} tokens", file=sys.stderr)
         ids = ids[len(ids) - (context - n):]
+        echo_from = 0  # a --bos token was cut off with the start of the prompt
 
-    sampling = dict(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    seed=args.seed, repetition_penalty=args.repetition_penalty)
     # Echo the prompt as the tokenizer reads it (what a one-shot decode of prompt + output shows),
     # without a --bos token.
-    print(tokenizer.decode(ids[1:] if args.bos else ids), end="", flush=True)
+    print(tokenizer.decode(ids[echo_from:]), end="", flush=True)
     for piece in stream_text(model, tokenizer, ids, n, stop=stops,
                              eos_id=None if args.ignore_eos else EOS_ID, **sampling):
         print(piece, end="", flush=True)
