@@ -57,10 +57,7 @@ def model_from_args(args, default_dtype: str | None = "fp32"):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or (default_dtype if torch.device(device).type == "cpu" else None)
-    kwargs = {"dtype": dtype, "device": device}
-    if args.revision is not None:  # only Hub names have revisions
-        kwargs["revision"] = args.revision
-    return GPTNeoX.from_pretrained(args.model, **kwargs)
+    return GPTNeoX.from_pretrained(args.model, revision=args.revision, dtype=dtype, device=device)
 
 
 def tokenizer_from_args(args, model):
