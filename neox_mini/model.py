@@ -197,14 +197,21 @@ class GPTNeoX(nn.Module):
         super().__init__()
         self.config = config
         self.gpt_neox = nn.ModuleDict(dict(
-            embed_in=nn.Embedding(config.vocab_size, config.hidden_size),
+            # Zeros, not nn.Embedding's random init: the weights always come from a checkpoint or
+            # init_random_weights, and on the meta device (where from_pretrained builds the model)
+            # normal_() first imports torch._dynamo, which costs ~1 s of start-up for nothing.
+            embed_in=nn.Embedding(config.vocab_size, config.hidden_size,
+                                  _weight=torch.zeros(config.vocab_size, config.hidden_size)),
             layers=nn.ModuleList([Block(config) for _ in range(config.num_layers)]),
             final_layer_norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
         ))
         # NeoX quirk: the output projection is its own matrix, NOT tied to embed_in (GPT-2 ties them).
         # It is half the parameters of pythia-14m. Its name "embed_out" is kept for 1:1 loading.
         self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.rotary = RotaryEmbedding(config)
+        # The rotary tables are computed for real even when the model is built on the meta device
+        # (as from_pretrained does): they come from the config, never from a checkpoint, and
+        # computing them on meta would import torch._dynamo, ~1 s of start-up for nothing.
+        self.rotary = RotaryEmbedding(config, device="cpu" if torch.empty(0).is_meta else None)
         self.provenance: dict | None = None  # filled in by from_pretrained: what was loaded from where
 
     # -- KV cache, allocated explicitly --------------------------------------------------------
