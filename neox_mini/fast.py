@@ -31,10 +31,12 @@ import torch.nn.functional as F
 
 from .model import GPTNeoX, KVCache, check_token_ids, rotate_half
 
-# A matrix-vector product (at most MATVEC_MAX_ROWS input rows) is computed as a batched product over
-# MATVEC_SPLIT row blocks of the weight, when the output size divides evenly. Chosen by
-# measurement (scripts/bench.py --matvec): see the README.
+# A matrix-vector product (at most MATVEC_MAX_ROWS input rows) with a weight of at least
+# MATVEC_MIN_WEIGHT elements is computed as a batched product over MATVEC_SPLIT row blocks of the
+# weight, when the output size divides evenly. Smaller weights stay in cache, where F.linear (one op
+# instead of several) is faster. Chosen by measurement: see the README, "Performance".
 MATVEC_MAX_ROWS = 8
+MATVEC_MIN_WEIGHT = 2**20
 MATVEC_SPLIT = 8
 
 
@@ -47,7 +49,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """
     rows, O = x.numel() // x.shape[-1], weight.shape[0]
     k = MATVEC_SPLIT
-    if rows > MATVEC_MAX_ROWS or O % k:
+    if rows > MATVEC_MAX_ROWS or weight.numel() < MATVEC_MIN_WEIGHT or O % k:
         return F.linear(x, weight, bias)
     w = weight.view(k, O // k, weight.shape[1])  # [k, O/k, I]
     xt = x.reshape(1, rows, x.shape[-1]).transpose(1, 2).expand(k, -1, -1)  # [k, I, rows]

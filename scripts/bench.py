@@ -105,10 +105,12 @@ DTYPE_CODE = {"fp32": "torch.float32", "bf16": "torch.bfloat16"}  # the same, in
 
 
 def load_both(folder: Path, dtype: str):
+    import transformers
     from transformers import GPTNeoXForCausalLM
 
     from neox_mini import GPTNeoX
 
+    transformers.utils.logging.disable_progress_bar()
     neox = GPTNeoX.from_pretrained(folder)
     hf = GPTNeoXForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[dtype]).eval()
     hf.generation_config.eos_token_id = None  # EOS ignored: always N new tokens

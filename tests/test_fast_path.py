@@ -32,6 +32,16 @@ CONFIGS = {
 }
 
 
+REAL_MIN_WEIGHT = fast.MATVEC_MIN_WEIGHT
+
+
+@pytest.fixture(autouse=True)
+def split_small_matrices_too(monkeypatch):
+    """The batched matrix-vector product is used for big weights only (fast.MATVEC_MIN_WEIGHT);
+    the test models are tiny, so lower the threshold to cover that path too."""
+    monkeypatch.setattr(fast, "MATVEC_MIN_WEIGHT", 0)
+
+
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def models(request, tmp_path_factory):
     """(ours loaded from a transformers-written checkpoint, the transformers model)."""
@@ -157,8 +167,10 @@ def test_bf16_within_bf16_tolerance(models, tmp_path):
     assert relative_max_error(got, readable) <= TOLERANCES["bfloat16"]
 
 
-def test_pythia_14m_shape(tmp_path):
-    """The real 14m shape (50304-row LM head, 6 layers): one prefill + decode against transformers."""
+def test_pythia_14m_shape(tmp_path, monkeypatch):
+    """The real 14m shape (50304-row LM head, 6 layers) and the real thresholds of fast.linear:
+    one prefill + decode against transformers."""
+    monkeypatch.setattr(fast, "MATVEC_MIN_WEIGHT", REAL_MIN_WEIGHT)
     config = NeoXConfig.from_pythia("14m")
     hf = make_hf_checkpoint(config, tmp_path)
     ours = GPTNeoX.from_pretrained(tmp_path)
