@@ -153,12 +153,28 @@ def test_against_transformers_json_statistics(against_json):
     assert nt["positions"] == report["num_tokens"]
 
 
-def test_reference_passes_without_transformers(made_reference, checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def without_transformers(made_reference, checkpoint, tmp_path_factory) -> dict[str, dict]:
+    """One interpreter with transformers blocked runs: the module's reference, --against transformers,
+    and each golden fixture on its checkpoint rebuilt from the seed in the file (see below)."""
+    tmp = tmp_path_factory.mktemp("blocked")
     ref, _, _ = made_reference
-    reference_run, against_run = run_without_transformers(tmp_path, [
-        ["parity", "--model", str(checkpoint), "--reference", str(ref)],
-        ["parity", "--model", str(checkpoint), "--against", "transformers"],
-    ])
+    argvs = {"reference": ["parity", "--model", str(checkpoint), "--reference", str(ref)],
+             "against": ["parity", "--model", str(checkpoint), "--against", "transformers"]}
+    for name in GOLDEN_FIXTURES:
+        path = GOLDEN / f"{name}.safetensors"
+        assert path.is_file(), f"{path} is missing: run python scripts/make_reference.py --golden"
+        meta = load_reference(path).metadata
+        recipe = json.loads(meta["synthetic_recipe"])
+        model = build_synthetic(tmp / name, NeoXConfig(**recipe["config"]), recipe["seed"])
+        assert tensors_sha256(model.state_dict()) == meta["weights_sha256"], \
+            f"{name}: the rebuilt checkpoint is not the one the golden file was made from"
+        argvs[name] = ["parity", "--model", str(tmp / name), "--reference", str(path), "--json"]
+    return dict(zip(argvs, run_without_transformers(tmp, list(argvs.values()))))
+
+
+def test_reference_passes_without_transformers(without_transformers):
+    reference_run, against_run = without_transformers["reference"], without_transformers["against"]
     assert reference_run["rc"] == 0, reference_run["err"]
     assert "PASS: every activation within 1e-05" in reference_run["out"]
     for name in NAMES + ["logits"]:
@@ -336,30 +352,21 @@ def test_model_mismatch_and_missing_model_are_errors(made_reference, tmp_path, c
 # ----------------------------------------------------------------------------- golden fixtures
 
 
-def test_golden_fixtures_without_transformers(tmp_path):
+def test_golden_fixtures_without_transformers(without_transformers):
     """tests/golden/*.safetensors were written once by transformers (scripts/make_reference.py
-    --golden). Rebuild each synthetic checkpoint from the seed recorded in the file, prove it is
-    the same checkpoint (weights checksum), then check neox_mini against it with transformers
-    blocked."""
-    argvs = []
-    for name in GOLDEN_FIXTURES:
-        path = GOLDEN / f"{name}.safetensors"
-        assert path.is_file(), f"{path} is missing: run python scripts/make_reference.py --golden"
-        meta = load_reference(path).metadata
-        recipe = json.loads(meta["synthetic_recipe"])
-        model = build_synthetic(tmp_path / name, NeoXConfig(**recipe["config"]), recipe["seed"])
-        assert tensors_sha256(model.state_dict()) == meta["weights_sha256"], \
-            f"{name}: the rebuilt checkpoint is not the one the golden file was made from"
-        argvs.append(["parity", "--model", str(tmp_path / name), "--reference", str(path), "--json"])
+    --golden). The fixture rebuilt each synthetic checkpoint from the seed recorded in the file,
+    proved it is the same checkpoint (weights checksum), and checked neox_mini against it with
+    transformers blocked."""
     assert sum(p.stat().st_size for p in GOLDEN.glob("*.safetensors")) < 400_000  # small enough to commit
-    for name, result in zip(GOLDEN_FIXTURES, run_without_transformers(tmp_path, argvs)):
+    for name in GOLDEN_FIXTURES:
+        result = without_transformers[name]
         assert result["rc"] == 0, (name, result["err"], result["out"])
         report = json.loads(result["out"])
         assert report["passed"] and report["next_token"]["top1_agreement"] == 1.0, name
         assert len(report["activations"]) == 4 + 3
 
 
-def test_save_reference_refuses_nothing_to_compare(tmp_path):
+def test_save_reference_writes_atomically(tmp_path):
     # save_reference writes atomically: the final name appears only once the file is complete.
     out = tmp_path / "r.safetensors"
     seqs = [torch.tensor([1, 2, 3])]
