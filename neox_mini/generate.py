@@ -154,6 +154,8 @@ def generate_tokens(model: GPTNeoX, input_ids: torch.Tensor, max_new_tokens: int
         return
     vocab_limit = default_vocab_limit(model) if vocab_limit is None else vocab_limit
     V = model.config.vocab_size
+    if not 1 <= vocab_limit <= V:
+        raise ValueError(f"vocab_limit must be between 1 and the model's {V} rows, got {vocab_limit}")
 
     if attention_mask is None:
         attention_mask = torch.ones(B, T, dtype=torch.bool, device=device)

@@ -225,6 +225,7 @@ def test_bad_ids(model, ids, error, message):
     (dict(max_new_tokens=5, top_k=0), "top_k must be >= 1"),
     (dict(max_new_tokens=5, top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(max_new_tokens=5, repetition_penalty=0.0), "repetition_penalty must be > 0"),
+    (dict(max_new_tokens=5, vocab_limit=0), "vocab_limit must be between 1 and the model's 1001 rows, got 0"),
 ])
 def test_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
