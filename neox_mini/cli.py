@@ -420,7 +420,7 @@ examples:
 
 
 def add_parity_parser(sub) -> None:
-    p = sub.add_parser("parity", help="check neox_mini layer by layer against transformers or a reference file",
+    p = sub.add_parser("parity", parents=[COMMON], help="check neox_mini layer by layer against transformers or a reference file",
                        description="Run neox_mini and a reference on the same inputs and report, for the "
                                    "embeddings, every layer's residual stream, the final layer norm and the "
                                    "logits: max abs / relative error and NMSE; for the next token: KL "

@@ -271,3 +271,9 @@ def test_debug_after_or_before_the_subcommand_shows_the_traceback(tmp_path):
     for args in (["generate", "--debug"], ["--debug", "generate"]):
         result = run(*args, "--model", str(tmp_path / "nowhere"), "Hi")
         assert result.returncode != 0 and "Traceback" in result.stderr, args
+
+
+@pytest.mark.parametrize("command", [["info"], ["parity"], ["score", "file.txt"]])
+def test_every_model_command_accepts_debug_after_the_subcommand(tmp_path, command):
+    result = run(*command[:1], "--debug", "--model", str(tmp_path / "nowhere"), *command[1:])
+    assert result.returncode != 0 and "Traceback" in result.stderr, command
