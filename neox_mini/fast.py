@@ -36,7 +36,7 @@ from .model import GPTNeoX, KVCache, check_token_ids, rotate_half
 # weight, when the output size divides evenly. Smaller weights stay in cache, where F.linear (one op
 # instead of several) is faster. Chosen by measurement: see the README, "Performance".
 MATVEC_MAX_ROWS = 8
-MATVEC_MIN_WEIGHT = 2**20
+MATVEC_MIN_WEIGHT = 2**18
 MATVEC_SPLIT = 8
 
 

@@ -58,6 +58,36 @@ def load_avg() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def others_running() -> int:
+    """Runnable threads on the machine that are not ours (procs_running minus our running threads)."""
+    ours = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = open(f"/proc/self/task/{tid}/stat").read()
+        except OSError:
+            continue
+        ours += stat[stat.rindex(")") + 2] == "R"
+    total = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("procs_running"))
+    return total - ours
+
+
+WAIT_QUIET = 0.0  # --wait-quiet: seconds to wait at most, before each measured run, for a quiet machine
+
+
+def wait_quiet(settle: float = 0.5) -> bool:
+    """Wait (at most WAIT_QUIET s) until no other process has wanted a CPU for `settle` seconds."""
+    deadline, quiet_since = time.monotonic() + WAIT_QUIET, None
+    while time.monotonic() < deadline:
+        if others_running() <= 0:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= settle:
+                return True
+        else:
+            quiet_since = None
+        time.sleep(0.05)
+    return others_running() <= 0
+
+
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
@@ -71,6 +101,7 @@ def alternate(fns: dict, runs: int) -> dict[str, list[float]]:
     names = list(fns)
     for r in range(runs):
         for name in (names if r % 2 == 0 else names[::-1]):
+            wait_quiet()
             values[name].append(fns[name]())
     return values
 
@@ -316,12 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/neox_mini_bench"),
                    help="folder for the random checkpoints (made once, reused)")
+    p.add_argument("--wait-quiet", type=float, default=2.0, metavar="S",
+                   help="before each measured run, wait up to S seconds until no other process wants a "
+                        "CPU (default 2; 0 = never wait)")
     p.add_argument("--json", type=Path, default=REPO / "bench_out" / "bench.json", help="where to write the results")
     a = p.parse_args(argv)
     runs = a.runs or (3 if a.quick else 5)
     if runs < 3:
         p.error("--runs must be at least 3 (medians of >= 3 runs)")
     torch.set_num_threads(a.threads)
+    global WAIT_QUIET
+    WAIT_QUIET = a.wait_quiet
     a.cache.mkdir(parents=True, exist_ok=True)
 
     env = environment(a.threads)
