@@ -92,10 +92,10 @@ def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-def alternate(fns: dict, runs: int) -> dict[str, list[float]]:
+def alternate(fns: dict, runs: int, warmup: bool = True) -> dict[str, list[float]]:
     """Run each function once to warm up, then `runs` times each, alternating and flipping the
     order every round (a, b, b, a, a, b, ...). Each fn returns its measured value."""
-    for fn in fns.values():
+    for fn in fns.values() if warmup else ():
         fn()
     values = {name: [] for name in fns}
     names = list(fns)
@@ -271,12 +271,13 @@ def python_rss_kib(code: str, *args: str) -> int:
 
 
 def bench_rss(folder: Path, dtype: str, runs: int, threads: int) -> dict:
+    """Peak RSS is deterministic to ~1 MiB (unlike times), so no warm-up run."""
     def mib(code):
         return lambda: python_rss_kib(code, str(folder)) / 1024
 
     values = alternate({"neox": mib(NEOX_RSS.format(threads=threads)),
                         "hf": mib(HF_RSS.format(threads=threads, dtype=DTYPE_CODE[dtype])),
-                        "torch": mib(TORCH_RSS)}, runs)
+                        "torch": mib(TORCH_RSS)}, runs, warmup=False)
     weights_mib = weight_bytes(folder) / 2**20
     torch_mib = statistics.median(values["torch"])
     return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "import_torch": summary(values["torch"]),
@@ -338,7 +339,9 @@ def environment(threads: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="3 runs; bf16: decode batch 1, prefill 512 and rss only (< 10 minutes on 2 cores)")
+                   help="3 runs, and a subset: no matvec; decode batch 8 on 14m only; start-up on 14m and "
+                        "160m; RSS one run (it varies by < 1 MiB); bf16 decode batch 1 and RSS only "
+                        "(< 10 minutes on 2 cores)")
     p.add_argument("--sizes", nargs="+", default=["14m", "70m", "160m"])
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--only", nargs="+", choices=["matvec", "decode", "prefill", "cold", "rss"],
@@ -366,8 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {"environment": env, "runs": runs, "quick": a.quick, "results": []}
     started = time.perf_counter()
 
+    last = [time.perf_counter()]
+
     def record(kind: str, size: str, dtype: str, params: dict, r: dict, label: str, digits: int = 0, goal: str = ""):
-        r.update(kind=kind, size=size, dtype=dtype, **params, ratio=ratio(r), load_avg=load_avg())
+        seconds, last[0] = time.perf_counter() - last[0], time.perf_counter()
+        r.update(kind=kind, size=size, dtype=dtype, **params, ratio=ratio(r), load_avg=load_avg(),
+                 seconds=round(seconds, 1))
         results["results"].append(r)
         print_row(label, r, digits, goal)
         a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -376,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| measurement | neox_mini | transformers | ratio | goal |\n|---|---|---|---|---|", flush=True)
     for dtype in a.dtypes:
         quick_bf16 = a.quick and dtype == "bf16"
-        if "matvec" in a.only:
+        if "matvec" in a.only and not a.quick:
             for size, C in (("14m", 128), ("70m", 512), ("160m", 768)):
                 if size in a.sizes:
                     r = bench_matvec(C, dtype, runs)
@@ -386,22 +393,23 @@ def main(argv: list[str] | None = None) -> int:
             if {"decode", "prefill"} & set(a.only):
                 neox, hf = load_both(folder, dtype)
                 if "decode" in a.only:
-                    for batch in ((1,) if quick_bf16 else (1, 8)):
+                    for batch in ((1,) if quick_bf16 or (a.quick and size != "14m") else (1, 8)):
                         goal = {"14m": ">= 4x", "70m": ">= 2.5x", "160m": ">= 2.5x"}.get(size, "") if dtype == "fp32" and batch == 1 else ""
                         r = bench_decode(neox, hf, batch, runs, NEW_TOKENS)
                         record("decode", size, dtype, {"batch": batch}, r, f"{size} {dtype} decode tok/s, batch {batch}"
-                               + ("" if r["same_tokens"] else " (tokens differ!)"), 0, goal)
-                if "prefill" in a.only:
-                    for T in ((512,) if quick_bf16 else (512, 2048)):
+                               + ("" if r["same_tokens"] else " (tokens differ!)" if dtype == "fp32"
+                                  else " (tokens differ: bf16 rounds differently)"), 0, goal)
+                if "prefill" in a.only and not quick_bf16:
+                    for T in (512, 2048):
                         r = bench_prefill(neox, hf, T, runs)
                         record("prefill", size, dtype, {"tokens": T}, r, f"{size} {dtype} prefill {T} tok/s", 0,
                                ">= 1.3x" if dtype == "fp32" else "")
                 del neox, hf
-            if "cold" in a.only and not quick_bf16:
+            if "cold" in a.only and not quick_bf16 and not (a.quick and size == "70m"):
                 r = bench_cold(folder, dtype, runs, a.threads)
                 record("cold", size, dtype, {}, r, f"{size} {dtype} start to first token, s", 2, "<= 0.5x")
             if "rss" in a.only:
-                r = bench_rss(folder, dtype, runs, a.threads)
+                r = bench_rss(folder, dtype, 1 if a.quick else runs, a.threads)
                 record("rss", size, dtype, {}, r, f"{size} {dtype} peak RSS MiB (budget {r['budget_mib']:.0f}: "
                        f"torch {r['import_torch']['median']:.0f} + 1.05 x {r['weights_mib']:.0f} weights)", 0,
                        f"neox <= {r['budget_mib']:.0f}")
