@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import GPTNeoX, KVCache, check_token_ids, rotate_half
+from .model import GPTNeoX, KVCache, rotate_half
 
 # A matrix-vector product (at most MATVEC_MAX_ROWS input rows) with a weight of at least
 # MATVEC_MIN_WEIGHT elements is computed as a batched product over MATVEC_SPLIT row blocks of the
