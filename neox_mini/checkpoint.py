@@ -192,6 +192,21 @@ def init_random_weights(model, seed: int = 0, std: float = 0.02) -> None:
             p.copy_(value.to(p.dtype))
 
 
+def random_model(config: NeoXConfig, seed: int = 0, dtype: torch.dtype | str | None = None):
+    """A GPTNeoX with seeded random weights (init_random_weights), in fp32 or the given dtype.
+
+    Built on the meta device and materialised with to_empty, which skips nn's default random init
+    (seconds for the larger sizes) but also empties the derived rotary tables: those are rebuilt."""
+    from .model import GPTNeoX, RotaryEmbedding
+
+    with torch.device("meta"):
+        model = GPTNeoX(config)
+    model = model.to_empty(device="cpu")  # real, uninitialised memory for every parameter and buffer
+    model.rotary = RotaryEmbedding(config, device="cpu")
+    init_random_weights(model, seed=seed)
+    return model.to(to_torch_dtype(dtype) or torch.float32).eval()
+
+
 def save_checkpoint(model, folder: str | Path, *, weights: str = "safetensors",
                     max_shard_bytes: int | None = None) -> list[Path]:
     """Write model in the Hugging Face folder layout: config.json (original Pythia style) plus

@@ -149,7 +149,6 @@ def forward(model: GPTNeoX, input_ids: torch.Tensor, *, start_pos: int = 0,
             last_token_only: bool = False) -> torch.Tensor:
     """What `model(input_ids, ...)` returns (logits [B, T, V], or [B, 1, V] with last_token_only),
     computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states)."""
-    cfg = model.config
     B, T = input_ids.shape
     model.check_inputs(input_ids, start_pos)
     S = start_pos + T

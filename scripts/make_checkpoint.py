@@ -16,10 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 
-from neox_mini import GPTNeoX, NeoXConfig
-from neox_mini.checkpoint import init_random_weights, save_checkpoint, to_torch_dtype
+from neox_mini import NeoXConfig
+from neox_mini.checkpoint import random_model, save_checkpoint
 
 
 def make_checkpoint(out: str | Path, *, size: str | None = None, config: NeoXConfig | None = None,
@@ -29,12 +28,7 @@ def make_checkpoint(out: str | Path, *, size: str | None = None, config: NeoXCon
         raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist")
     if config is None:
         config = NeoXConfig.from_pythia(size or "14m")
-    torch_dtype = to_torch_dtype(dtype)
-    with torch.device("meta"):
-        model = GPTNeoX(config)
-    model = model.to_empty(device="cpu")
-    init_random_weights(model, seed=seed)
-    model = model.to(torch_dtype)
+    model = random_model(config, seed=seed, dtype=dtype)
     out = Path(out)
     save_checkpoint(model, out, weights=weights, max_shard_bytes=max_shard_bytes)
     if tokenizer:

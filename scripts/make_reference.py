@@ -26,10 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from neox_mini import GPTNeoX, NeoXConfig
-from neox_mini.checkpoint import init_random_weights, save_checkpoint
+from neox_mini.checkpoint import random_model, save_checkpoint
 from neox_mini.parity import ParityError, run_parity, tensors_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,10 +52,7 @@ GOLDEN = {
 def build_synthetic(folder: Path, config: NeoXConfig, seed: int) -> GPTNeoX:
     """A random fp32 checkpoint from (config, seed): torch.Generator only, so it is the same in every
     process (tests/test_parity_tool.py rebuilds it the same way and checks the checksum)."""
-    with torch.device("meta"):
-        model = GPTNeoX(config)
-    model = model.to_empty(device="cpu")
-    init_random_weights(model, seed=seed)
+    model = random_model(config, seed=seed)
     save_checkpoint(model, folder)
     return model
 

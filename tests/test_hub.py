@@ -18,7 +18,7 @@ import torch
 
 from fake_hub import FakeHub, add_to_cache, folder_files, tree_state
 from neox_mini import CheckpointError, GPTNeoX, NeoXConfig
-from neox_mini.checkpoint import init_random_weights, save_checkpoint
+from neox_mini.checkpoint import random_model, save_checkpoint
 from neox_mini.hub import (KnownIssueWarning, ResolveError, cache_root, cached_revisions, hub_repo_id, resolve,
                            resolve_model)
 
@@ -28,11 +28,7 @@ REPO = "EleutherAI/pythia-70m"  # a real name (so short names and the schedule a
 
 
 def tiny_checkpoint(folder: Path, seed: int, **save_kwargs) -> Path:
-    with torch.device("meta"):
-        model = GPTNeoX(TINY)
-    model = model.to_empty(device="cpu")
-    init_random_weights(model, seed=seed)
-    save_checkpoint(model, folder, **save_kwargs)
+    save_checkpoint(random_model(TINY, seed=seed), folder, **save_kwargs)
     return folder
 
 
@@ -195,7 +191,7 @@ def test_a_snapshot_missing_its_weights_is_reported(cache, sources, monkeypatch)
     with pytest.raises(ResolveError) as info:
         GPTNeoX.from_pretrained(REPO, revision="step4000")
     message = str(info.value)
-    assert f"snapshot of EleutherAI/pythia-70m at step4000" in message and only_config in message
+    assert "snapshot of EleutherAI/pythia-70m at step4000" in message and only_config in message
     assert "no weights in" in message and "HF_HUB_OFFLINE=1" in message
     # A snapshot whose blob was deleted (a dangling symlink) is missing its weights too.
     snapshot = root / "models--EleutherAI--pythia-70m" / "snapshots" / shas["step2000"]

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from neox_mini import CheckpointError, ConfigError, GPTNeoX, NeoXConfig
-from neox_mini.checkpoint import init_random_weights, save_checkpoint
+from neox_mini import checkpoint
+from neox_mini.checkpoint import save_checkpoint
 
 CONFIG = NeoXConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=128,
                     max_position_embeddings=64)
@@ -22,9 +23,7 @@ IDS = torch.tensor([[1, 5, 9, 100, 127, 3]])
 
 
 def random_model(config=CONFIG, seed=0, dtype=torch.float32):
-    model = GPTNeoX(config)
-    init_random_weights(model, seed)
-    return model.to(dtype).eval()
+    return checkpoint.random_model(config, seed, dtype)
 
 
 @pytest.fixture
@@ -224,3 +223,12 @@ def test_token_ids_out_of_range_and_too_long(folder):
         model(torch.tensor([[-1, 2]]))
     with pytest.raises(ValueError, match=r"sequence of 65 tokens is longer than the context length 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_random_model_has_real_rotary_tables():
+    """random_model materialises a meta-device model with to_empty, which empties every buffer:
+    the derived rotary tables must be rebuilt, or a model used without a save/load round trip
+    would compute garbage."""
+    model = random_model()
+    reference = GPTNeoX(CONFIG).rotary
+    assert torch.equal(model.rotary.cos, reference.cos) and torch.equal(model.rotary.sin, reference.sin)

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from neox_mini import GPTNeoX, NeoXConfig
-from neox_mini.checkpoint import init_random_weights, save_checkpoint
+from neox_mini.checkpoint import random_model, save_checkpoint
 from neox_mini.cli import main
 from neox_mini.parity import (TOLERANCES, channel_subset, compare_summary, load_reference, next_token_stats,
                               save_reference, tensors_sha256)
@@ -37,10 +37,7 @@ NAMES = ["gpt_neox.embed_in"] + [f"gpt_neox.layers.{i}" for i in range(5)] + ["g
 
 def build_synthetic(folder: Path, config: NeoXConfig, seed: int) -> GPTNeoX:
     """The same recipe as scripts/make_reference.py: torch.Generator-seeded weights, fp32."""
-    with torch.device("meta"):
-        model = GPTNeoX(config)
-    model = model.to_empty(device="cpu")
-    init_random_weights(model, seed=seed)
+    model = random_model(config, seed=seed)
     save_checkpoint(model, folder)
     return model
 
