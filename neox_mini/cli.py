@@ -373,13 +373,7 @@ def cmd_revisions(args) -> int:
     if args.cached is None:
         lines = [f"{name:<11} {revision_step(name):>8,} {step_to_tokens(revision_step(name)):>16,} tokens"
                  + ("  (= main)" if revision_step(name) == FINAL_STEP else "") for name in REVISIONS]
-        try:
-            sys.stdout.write("\n".join(lines) + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:  # `neox-mini revisions | head`: the reader left, which is not an error
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is silent
+        sys.stdout.write("\n".join(lines) + "\n")
         return 0
 
     from .hub import ResolveError, cache_root, cached_revisions, hub_repo_id, known_issues_for
@@ -493,9 +487,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `neox-mini revisions | head`: the reader left, which is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is silent
+        return 0
     except Exception as e:  # one line, no traceback, unless --debug
         if args.debug:
             raise

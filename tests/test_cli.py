@@ -277,3 +277,12 @@ def test_debug_after_or_before_the_subcommand_shows_the_traceback(tmp_path):
 def test_every_model_command_accepts_debug_after_the_subcommand(tmp_path, command):
     result = run(*command[:1], "--debug", "--model", str(tmp_path / "nowhere"), *command[1:])
     assert result.returncode != 0 and "Traceback" in result.stderr, command
+
+
+@pytest.mark.parametrize("command", [["revisions"], ["configs"]])
+def test_a_reader_that_leaves_early_is_not_an_error(command):
+    """`neox-mini revisions | head -1`: the pipe closes before the output is written."""
+    proc = subprocess.Popen([console_script(), *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the program (seconds to start) writes a byte
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and stderr == "", stderr
