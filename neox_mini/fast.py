@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import GPTNeoX, KVCache, rotate_half
+from .model import GPTNeoX, KVCache, attention_allowed, rotate_half
 
 # A matrix-vector product (at most MATVEC_MAX_ROWS input rows) with a weight of at least
 # MATVEC_MIN_WEIGHT elements is computed as a batched product over MATVEC_SPLIT row blocks of the
@@ -134,11 +134,7 @@ def attention_mask_for_sdpa(start_pos: int, T: int, attention_mask: torch.Tensor
         return None, False
     if attention_mask is None and start_pos == 0:
         return None, True
-    key_index = torch.arange(S, device=device)  # [S]
-    query_index = torch.arange(start_pos, S, device=device)  # [T]
-    allowed = (key_index[None, :] <= query_index[:, None])[None, None]  # [1, 1, T, S]
-    if attention_mask is not None:
-        allowed = allowed & attention_mask[:, None, None, :S].bool()  # [B, 1, T, S]
+    allowed = attention_allowed(start_pos, T, attention_mask, device)  # [B or 1, 1, T, S]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min), False
 

@@ -278,12 +278,7 @@ class GPTNeoX(nn.Module):
 
         if position_ids is None:
             position_ids = torch.arange(start_pos, S, device=input_ids.device).expand(B, T)  # [B, T]
-        # Causal mask: query t (at sequence index start_pos + t) may see keys 0 .. start_pos + t.
-        key_index = torch.arange(S, device=input_ids.device)  # [S]
-        query_index = torch.arange(start_pos, S, device=input_ids.device)  # [T]
-        mask = (key_index[None, :] <= query_index[:, None])[None, None]  # [1, 1, T, S]
-        if attention_mask is not None:
-            mask = mask & attention_mask[:, None, None, :S].bool()  # [B, 1, T, S]
+        mask = attention_allowed(start_pos, T, attention_mask, input_ids.device)  # [B or 1, 1, T, S]
 
         x = self.gpt_neox.embed_in(input_ids)  # [B, T, C]
         cos, sin = self.rotary(position_ids, x.dtype)  # each [B, 1, T, R]
@@ -315,6 +310,21 @@ class GPTNeoX(nn.Module):
         resolved = resolve(name_or_path, revision)
         provenance = {**resolved.provenance, **(kwargs.pop("provenance", None) or {})}
         return load_model(resolved.path, dtype=dtype, device=device, gelu=gelu, provenance=provenance, **kwargs)
+
+
+def attention_allowed(start_pos: int, T: int, attention_mask: torch.Tensor | None,
+                      device: torch.device | str) -> torch.Tensor:
+    """Which keys each query may attend to: bool [1, 1, T, S] (or [B, 1, T, S] with padding).
+
+    Causal: query t (at sequence index start_pos + t) sees keys 0 .. start_pos + t. attention_mask
+    ([B, S'] with S' >= S, True = real token) additionally hides left padding."""
+    S = start_pos + T
+    key_index = torch.arange(S, device=device)  # [S]
+    query_index = torch.arange(start_pos, S, device=device)  # [T]
+    allowed = (key_index[None, :] <= query_index[:, None])[None, None]  # [1, 1, T, S]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :S].bool()  # [B, 1, T, S]
+    return allowed
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
