@@ -1,23 +1,26 @@
-"""Reading checkpoint folders: config.json plus safetensors (single or sharded) or .bin weights.
+"""The Hugging Face checkpoint folder format: which weight files a folder has, reading and checking
+their tensors, and writing a folder in the same layout.
 
-The model is built on the meta device (no memory, no random init), the weights are memory-mapped
-(safetensors pages are read from disk only when first touched), and `load_state_dict(assign=True)`
-makes the mapped tensors the model's parameters: no second copy, unless a dtype cast is asked for.
+    find_weight_files(folder)            -> ("safetensors" | "bin", files), the preferred set
+    read_state_dict(folder, expected)    -> tensors checked against the names/shapes a model needs
+    save_checkpoint(model, folder)       -> config.json + model.safetensors (or .bin, or shards)
 
-Every problem is reported with the file and tensor it concerns; nothing here writes to disk.
+safetensors files are memory-mapped: a tensor's pages are read from disk only when first touched.
+.bin files go through torch.load(weights_only=True), which refuses a pickle that would run code.
+Every problem is reported with the file and tensor it concerns; reading never writes to disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from .config import DTYPE_NAMES, NeoXConfig
+from .config import DTYPE_NAMES
+from .errors import CheckpointError
 
 # Buffers that old GPT-NeoX checkpoints carry but that are not weights: the causal-mask triangle
 # (`attention.bias`), its fill value (`attention.masked_bias`), and an fp16 copy of the rotary
@@ -28,10 +31,6 @@ LEGACY_BUFFER_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".attenti
 # Weight files in order of preference: safetensors before pickles, sharded index before single file.
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors",
                 "pytorch_model.bin.index.json", "pytorch_model.bin")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: the message names the file and tensor(s) concerned."""
 
 
 def to_torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -52,11 +51,7 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path]]:
         kind = "safetensors" if ".safetensors" in name else "bin"
         if not name.endswith(".index.json"):
             return kind, [path]
-        try:
-            weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not a valid shard index (needs a 'weight_map'): {e}") from None
-        shards = sorted(set(weight_map.values()))
+        shards = shard_names(path)
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{path} lists shard(s) that are not in {folder}: {', '.join(missing)}")
@@ -64,6 +59,14 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path]]:
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}; "
                           f"found {present or 'nothing'}")
+
+
+def shard_names(index: Path) -> list[str]:
+    """The shard file names a `*.index.json` lists in its weight_map, sorted, each once."""
+    try:
+        return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index (needs a 'weight_map'): {e}") from None
 
 
 def iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -134,77 +137,27 @@ def read_state_dict(folder: Path, expected: dict[str, torch.Size]) -> tuple[dict
     return state, [str(p) for p in files]
 
 
-def load_model(path: str | Path, *, dtype: torch.dtype | str | None = None,
-               device: torch.device | str = "cpu", gelu: str | None = None,
-               config: NeoXConfig | None = None, provenance: dict | None = None):
-    """Build a GPTNeoX from a checkpoint folder. dtype defaults to the dtype the weights are stored in."""
-    from .model import GPTNeoX, RotaryEmbedding
+def stored_dtypes(files: list[str | Path]) -> dict[str, int]:
+    """Tensors per stored dtype ({"float16": 76, ...}), from the safetensors headers (no weight is
+    read) or, for .bin files, from the pickles (memory-mapped)."""
+    from collections import Counter
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"model folder {folder} does not exist" if not folder.exists()
-                              else f"{folder} is not a folder (expected config.json + weights)")
-    config = config or NeoXConfig.from_hf(folder)
-    if gelu is not None:
-        config = config.replace(gelu=gelu)
-    dtype = to_torch_dtype(dtype)
+    from safetensors import safe_open
 
-    with torch.device("meta"):
-        model = GPTNeoX(config)  # shapes only: no memory, no random initialisation
-    expected = {name: t.shape for name, t in model.state_dict().items()}
-    state, files = read_state_dict(folder, expected)
+    counts: Counter = Counter()
+    for f in map(Path, files):
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), framework="pt", device="cpu") as st:
+                counts.update(SAFETENSORS_DTYPES.get(d, d) for d in (st.get_slice(n).get_dtype() for n in st.keys()))
+        else:
+            counts.update(str(t.dtype).removeprefix("torch.") for _, t in iter_bin(f))
+    return dict(counts)
 
-    stored_dtype = state["gpt_neox.embed_in.weight"].dtype
-    target = dtype or stored_dtype
-    # .to() is a no-op (same storage, still memory-mapped) when dtype and device already match.
-    state = {name: t.to(device=device, dtype=target) for name, t in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    # The rotary tables are derived from the config, not loaded: build them for real now (they
-    # were created on the meta device along with everything else).
-    model.rotary = RotaryEmbedding(config, device=device)
-    model.eval()
-    model.provenance = {
-        "path": str(folder.resolve()),
-        "files": {f: os.path.getsize(f) for f in files},
-        "stored_dtype": str(stored_dtype).removeprefix("torch."),
-        "dtype": str(target).removeprefix("torch."),
-        **(provenance or {}),
-    }
-    return model
+
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64"}
 
 
 # ----------------------------------------------------------------------------- writing checkpoints
-
-
-def init_random_weights(model, seed: int = 0, std: float = 0.02) -> None:
-    """Fill a model with random weights in place: normal(0, std) matrices and, so that every
-    parameter matters in a parity test, layer norms and biases perturbed away from 1 and 0."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=generator, dtype=torch.float32)
-            if name.endswith("norm.weight"):
-                value = 1.0 + 0.1 * noise
-            elif name.endswith(".bias"):
-                value = 0.02 * noise
-            else:
-                value = std * noise
-            p.copy_(value.to(p.dtype))
-
-
-def random_model(config: NeoXConfig, seed: int = 0, dtype: torch.dtype | str | None = None):
-    """A GPTNeoX with seeded random weights (init_random_weights), in fp32 or the given dtype.
-
-    Built on the meta device and materialised with to_empty, which skips nn's default random init
-    (seconds for the larger sizes) but also empties the derived rotary tables: those are rebuilt."""
-    from .model import GPTNeoX, RotaryEmbedding
-
-    with torch.device("meta"):
-        model = GPTNeoX(config)
-    model = model.to_empty(device="cpu")  # real, uninitialised memory for every parameter and buffer
-    model.rotary = RotaryEmbedding(config, device="cpu")
-    init_random_weights(model, seed=seed)
-    return model.to(to_torch_dtype(dtype) or torch.float32).eval()
 
 
 def save_checkpoint(model, folder: str | Path, *, weights: str = "safetensors",
@@ -217,8 +170,8 @@ def save_checkpoint(model, folder: str | Path, *, weights: str = "safetensors",
     if weights not in ("safetensors", "bin"):
         raise ValueError(f"weights must be 'safetensors' or 'bin', not {weights!r}")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    config = model.config.replace(dtype=str(state["embed_out.weight"].dtype).removeprefix("torch."))
-    (folder / "config.json").write_text(json.dumps(config.to_hf(), indent=2) + "\n", encoding="utf-8")
+    hf_config = model.config.to_hf(dtype=str(state["embed_out.weight"].dtype).removeprefix("torch."))
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
 
     base = "model.safetensors" if weights == "safetensors" else "pytorch_model.bin"
     shards: list[dict[str, torch.Tensor]] = [{}]

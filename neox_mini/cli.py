@@ -1,19 +1,14 @@
 """The `neox-mini` command line: a thin argparse layer over plain functions.
 
-Each subcommand is a `cmd_<name>(args) -> int` function plus an `add_<name>_parser(sub)` builder.
-Heavy imports (torch, tokenizers) happen inside the commands, so `--help` stays fast.
+Each subcommand is a `cmd_<name>(args) -> int` function plus an `add_<name>_parser(sub)` builder;
+SUBCOMMANDS near the end lists them in `--help` order. Heavy imports (torch, tokenizers) happen
+inside the commands, so `--help`, `configs` and `revisions` start without torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-# Every subcommand's add_<name>_parser, appended by each section below, in `--help` order.
-SUBCOMMANDS: list = []
-
-
-# ============================================================ generate / score / info / configs (issue #3)
 
 DEFAULT_MODEL = "EleutherAI/pythia-14m"
 
@@ -24,14 +19,19 @@ COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                     help="show the full traceback on errors")
 
 
-def add_model_options(p: argparse.ArgumentParser, dtype_help: str) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"checkpoint folder, or a Hub name such as EleutherAI/pythia-160m (default {DEFAULT_MODEL})")
+def add_model_options(p: argparse.ArgumentParser, dtype_help: str, *, model_default: str | None = DEFAULT_MODEL,
+                      model_help: str = f"(default {DEFAULT_MODEL})", dtype_default: str | None = None,
+                      device_default: str | None = None,
+                      device_help: str = "(default: cuda when available, else cpu)", tokenizer: bool = True) -> None:
+    """--model, --revision, --dtype, --device (and --tokenizer): the options of every model command."""
+    p.add_argument("--model", default=model_default,
+                   help=f"checkpoint folder, or a Hub name such as EleutherAI/pythia-160m {model_help}")
     p.add_argument("--revision", help="Hub revision: branch, tag such as step3000, or commit sha")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help=dtype_help)
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    p.add_argument("--tokenizer", metavar="PATH",
-                   help="tokenizer.json, or a folder holding it (default: the one in the model folder)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=dtype_default, help=dtype_help)
+    p.add_argument("--device", default=device_default, help=f"cpu, cuda, cuda:1, ... {device_help}")
+    if tokenizer:
+        p.add_argument("--tokenizer", metavar="PATH",
+                       help="tokenizer.json, or a folder holding it (default: the one in the model folder)")
 
 
 def positive_int(text: str) -> int:
@@ -49,15 +49,15 @@ def non_negative_int(text: str) -> int:
 
 
 def model_from_args(args, default_dtype: str | None = "fp32"):
-    """GPTNeoX.from_pretrained with the CLI's model options. dtype: --dtype, else default_dtype on
-    CPU (fp16 matmuls are slow there) and the stored dtype on a GPU; default_dtype None = stored."""
+    """from_pretrained with the CLI's model options. dtype: --dtype, else default_dtype on CPU
+    (fp16 matmuls are slow there) and the stored dtype on a GPU; default_dtype None = stored."""
     import torch
 
-    from .model import GPTNeoX
+    from .loading import from_pretrained
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or (default_dtype if torch.device(device).type == "cpu" else None)
-    return GPTNeoX.from_pretrained(args.model, revision=args.revision, dtype=dtype, device=device)
+    return from_pretrained(args.model, revision=args.revision, dtype=dtype, device=device)
 
 
 def tokenizer_from_args(args, model):
@@ -115,7 +115,7 @@ def unescape(text: str) -> str:
 
 
 def cmd_generate(args) -> int:
-    from .generate import check_sampling_args, stream_text
+    from .generation import check_sampling_args, stream_text
     from .tokenizer import EOS_ID
 
     # Everything that can be checked without the model is checked first: bad input fails fast.
@@ -236,45 +236,12 @@ def add_info_parser(sub) -> None:
     p.set_defaults(func=cmd_info)
 
 
-def stored_dtypes(files: list[str]) -> dict[str, int]:
-    """Tensors per stored dtype, read from the safetensors headers (no weights read) or the pickles."""
-    import json
-    import struct
-    from collections import Counter
-
-    counts: Counter = Counter()
-    for f in files:
-        if f.endswith(".safetensors"):
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))  # the header: 8-byte length, then JSON
-                header = json.loads(fh.read(n))
-            names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64"}
-            counts.update(names.get(v["dtype"], v["dtype"]) for k, v in header.items() if k != "__metadata__")
-        else:
-            from pathlib import Path
-
-            from .checkpoint import iter_bin
-
-            counts.update(str(t.dtype).removeprefix("torch.") for _, t in iter_bin(Path(f)))
-    return dict(counts)
-
-
-def pythia_match(config) -> str | None:
-    """The Pythia table row with exactly this architecture, if any."""
-    from .config import pythia_table
-
-    keys = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
-    for name, row in pythia_table().items():
-        if all(row[k] == getattr(config, k) for k in keys):
-            return name
-    return None
-
-
 def cmd_info(args) -> int:
     import dataclasses
     from pathlib import Path
 
-    from .config import pythia_table
+    from . import pythia
+    from .checkpoint import stored_dtypes
 
     model = model_from_args(args, default_dtype=None)
     cfg = model.config
@@ -292,11 +259,11 @@ def cmd_info(args) -> int:
     print("parameters")
     print(f"  total                    {total:,}")
     print(f"  non-embedding            {total - embedding:,}  (without embed_in and the untied embed_out)")
-    row = pythia_match(cfg)
+    row = pythia.row_with_architecture(**dataclasses.asdict(cfg))
     if row is None:
         print("  Pythia table             no row has this architecture")
     else:
-        want = pythia_table()[row]
+        want = pythia.table()[row]
         ok = total == want["params_total"] and total - embedding == want["params_non_embedding"]
         print(f"  Pythia table             {row}: {want['params_total']:,} total, "
               f"{want['params_non_embedding']:,} non-embedding: {'match' if ok else 'MISMATCH'}")
@@ -320,30 +287,35 @@ def cmd_info(args) -> int:
 
 def add_configs_parser(sub) -> None:
     p = sub.add_parser("configs", parents=[COMMON], help="the Pythia table (sizes, params, training hyper-parameters)",
-                       description="The Pythia suite as in configs/pythia.toml; batch size and learning "
-                                   "rate as in the model card.",
+                       description="The Pythia suite as in neox_mini/pythia.toml (batch size and learning "
+                                   "rate as in the model card) and the seed runs of each size.",
                        epilog="example:\n  neox-mini configs", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=cmd_configs)
 
 
 def cmd_configs(args) -> int:
-    from .config import pythia_table  # stdlib only: no torch import for this command
+    from . import pythia  # stdlib only: no torch import for this command
 
-    header = ("name", "layers", "d_model", "heads", "non-embedding", "total", "vocab", "batch (tokens)", "lr")
+    header = ("name", "layers", "d_model", "heads", "non-embedding", "total", "vocab", "batch (tokens)", "lr",
+              "seed runs")
     rows = [(name, r["num_layers"], r["hidden_size"], r["num_heads"], f"{r['params_non_embedding']:,}",
-             f"{r['params_total']:,}", r["vocab_size"], f"{r['batch_size_tokens']:,}", f"{r['learning_rate']:.1e}")
-            for name, r in pythia_table().items()]
+             f"{r['params_total']:,}", r["vocab_size"], f"{r['batch_size_tokens']:,}", f"{r['learning_rate']:.1e}",
+             seed_runs_summary(r["seed_runs"]))
+            for name, r in pythia.table().items()]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     for line in (header, *rows):
         print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(line, widths))))
     return 0
 
 
-SUBCOMMANDS.extend([add_generate_parser, add_score_parser, add_info_parser, add_configs_parser])
-# ============================================================ end issue #3
+def seed_runs_summary(runs: list[str]) -> str:
+    """["seed1", ..., "seed9", "data-seed1", ...] -> "seed1-9, data-seed1-3" (the name suffixes)."""
+    groups: dict[str, list[int]] = {}
+    for run in runs:
+        stem = run.rstrip("0123456789")
+        groups.setdefault(stem, []).append(int(run[len(stem):]))
+    return ", ".join(f"{stem}{min(n)}-{max(n)}" if len(n) > 1 else f"{stem}{n[0]}" for stem, n in groups.items()) or "-"
 
-
-# ============================================================ revisions (issue #4)
 
 REVISIONS_EPILOG = """\
 examples:
@@ -352,7 +324,7 @@ examples:
   neox-mini generate --model pythia-160m --revision step3000 "Hello"
 
 Each step is 1,024 sequences x 2,048 tokens = 2,097,152 tokens; main is step143000.
-Short names: pythia-160m, 160m, pythia-160m-deduped, 160m-deduped -> EleutherAI/pythia-...
+Short names: pythia-160m, 160m, pythia-160m-deduped, 160m-deduped, pythia-70m-seed3 -> EleutherAI/pythia-...
 """
 
 
@@ -368,7 +340,7 @@ def add_revisions_parser(sub) -> None:
 
 
 def cmd_revisions(args) -> int:
-    from .revisions import FINAL_STEP, REVISIONS, revision_step, step_to_tokens  # stdlib only: no torch
+    from .pythia import FINAL_STEP, REVISIONS, known_issues_for, revision_step, step_to_tokens  # stdlib only
 
     if args.cached is None:
         lines = [f"{name:<11} {revision_step(name):>8,} {step_to_tokens(revision_step(name)):>16,} tokens"
@@ -376,7 +348,8 @@ def cmd_revisions(args) -> int:
         sys.stdout.write("\n".join(lines) + "\n")
         return 0
 
-    from .hub import ResolveError, cache_root, cached_revisions, hub_repo_id, known_issues_for
+    from .errors import ResolveError
+    from .hub import cache_root, cached_revisions, hub_repo_id
 
     repo_id = hub_repo_id(args.cached)
     if repo_id is None:
@@ -393,12 +366,6 @@ def cmd_revisions(args) -> int:
     print(f"{len(revisions)} revision(s) of {repo_id} in {cache_root()}", file=sys.stderr)
     return 0
 
-
-SUBCOMMANDS.append(add_revisions_parser)
-# ============================================================ end issue #4
-
-
-# ============================================================ parity (issue #5)
 
 PARITY_EXAMPLES = """\
 exit status: 0 every activation within the tolerance of our dtype, 1 some activation is over it
@@ -421,12 +388,9 @@ def add_parity_parser(sub) -> None:
                                    "divergence and top-1 / top-5 agreement; and the first layer over the "
                                    "tolerance.",
                        epilog=PARITY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="checkpoint folder or Hub name (default: the one a --reference file "
-                                   "records, else EleutherAI/pythia-14m)")
-    p.add_argument("--revision", help="Hub revision (branch, tag such as step3000, or commit sha)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="neox_mini's dtype (default fp32); the tolerance is chosen by it")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    add_model_options(p, "neox_mini's dtype (default fp32); the tolerance is chosen by it", model_default=None,
+                      model_help=f"(default: the one a --reference file records, else {DEFAULT_MODEL})",
+                      dtype_default="fp32", device_default="cpu", device_help="(default cpu)", tokenizer=False)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--against", choices=["transformers"],
                        help="compare with transformers' GPTNeoXForCausalLM (the default; needs the parity extra)")
@@ -445,7 +409,8 @@ def add_parity_parser(sub) -> None:
 
 
 def cmd_parity(args) -> int:
-    from .parity import EXIT_DIVERGED, EXIT_ERROR, load_reference, run_parity
+    from .golden import load_reference
+    from .parity import EXIT_DIVERGED, EXIT_ERROR, run_parity
 
     try:
         model, revision = args.model, args.revision
@@ -456,7 +421,7 @@ def cmd_parity(args) -> int:
             revision = revision or meta.get("commit_sha") or meta.get("revision") or None
             if model is None:
                 raise ValueError(f"{args.reference} does not record its model: give --model")
-        report = run_parity(model or "EleutherAI/pythia-14m", revision=revision, dtype=args.dtype,
+        report = run_parity(model or DEFAULT_MODEL, revision=revision, dtype=args.dtype,
                             against=None if args.reference else "transformers", reference=args.reference,
                             save_reference_to=args.save_reference, reference_dtype=args.reference_dtype,
                             prompts=args.prompts, gelu=args.gelu, device=args.device, top_k=args.top_k,
@@ -470,8 +435,8 @@ def cmd_parity(args) -> int:
     return 0 if report.passed else EXIT_DIVERGED
 
 
-SUBCOMMANDS.append(add_parity_parser)
-# ============================================================ end issue #5
+SUBCOMMANDS = [add_generate_parser, add_score_parser, add_info_parser, add_configs_parser, add_revisions_parser,
+               add_parity_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,24 +1,24 @@
-"""NeoXConfig: the handful of numbers that define a GPT-NeoX model, and the Pythia table.
+"""NeoXConfig: the handful of numbers that define a GPT-NeoX architecture, and nothing else.
 
-Two ways in:
+Where a checkpoint came from and the dtype it is stored in are not architecture: they live in
+`model.provenance` (see loading.py). Two ways in:
   * `NeoXConfig.from_hf(path_or_dict)` reads a Hugging Face `config.json`, in both the original
     Pythia style (`rotary_pct`, `rotary_emb_base`, `torch_dtype`) and the transformers 5.x style
     (`rope_parameters: {rope_theta, partial_rotary_factor}`, `dtype`), and refuses what this model
     does not implement.
-  * `NeoXConfig.from_pythia("pythia-160m")` reads a row of `configs/pythia.toml`.
+  * `NeoXConfig.from_pythia("pythia-160m")` reads a row of the Pythia table (pythia.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import tomllib
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from . import pythia
+from .errors import ConfigError
 
 # GELU variants by their Hugging Face `hidden_act` name. HF's "gelu" is the exact erf form; GPT-NeoX
 # training used the tanh approximation (Megatron's fused bias_gelu). Anything else is refused.
@@ -26,10 +26,6 @@ GELU_BY_HF_ACT = {"gelu": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"
 
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
-class ConfigError(ValueError):
-    """A config value this model does not implement, or a name not in the Pythia table."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +43,6 @@ class NeoXConfig:
     bos_token_id: int = 0
     eos_token_id: int = 0
     gelu: str = "erf"  # "erf" (exact, what HF computes) or "tanh" (what NeoX training computed)
-    dtype: str = "float32"  # the dtype the checkpoint is stored in (informational)
-    name: str | None = None  # the Pythia table row, when known
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -60,8 +54,6 @@ class NeoXConfig:
         if self.rotary_ndims % 2:
             raise ConfigError(f"rotary dims ({self.rotary_ndims} = {self.rotary_pct} x head size "
                               f"{self.head_size}) must be even: rotate_half pairs dim i with i + R/2")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ConfigError(f"dtype must be float32, float16 or bfloat16, not {self.dtype!r}")
 
     @property
     def head_size(self) -> int:
@@ -72,7 +64,7 @@ class NeoXConfig:
         # int() truncation, as GPT-NeoX and transformers do: 0.25 * 64 = 16 dims of each 64-dim head.
         return int(self.head_size * self.rotary_pct)
 
-    def replace(self, **changes) -> "NeoXConfig":
+    def replace(self, **changes) -> NeoXConfig:
         return dataclasses.replace(self, **changes)
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -90,7 +82,7 @@ class NeoXConfig:
     # ---------------------------------------------------------------- Hugging Face config.json
 
     @classmethod
-    def from_hf(cls, path_or_dict: str | Path | dict[str, Any]) -> "NeoXConfig":
+    def from_hf(cls, path_or_dict: str | Path | dict[str, Any]) -> NeoXConfig:
         """Read a Hugging Face GPT-NeoX `config.json` (a path to the file or its folder, or a dict)."""
         if isinstance(path_or_dict, dict):
             hf, where = path_or_dict, "config"
@@ -161,11 +153,11 @@ class NeoXConfig:
             bos_token_id=int(hf.get("bos_token_id", 0) if hf.get("bos_token_id") is not None else 0),
             eos_token_id=int(eos if eos is not None else 0),
             gelu=GELU_BY_HF_ACT[act],
-            dtype=DTYPE_NAMES[dtype],
         )
 
-    def to_hf(self) -> dict[str, Any]:
-        """This config as an original-Pythia-style `config.json` dict (what the Hub serves)."""
+    def to_hf(self, dtype: str = "float32") -> dict[str, Any]:
+        """This config as an original-Pythia-style `config.json` dict (what the Hub serves), for
+        weights stored in `dtype` ("float32", "float16" or "bfloat16")."""
         return {
             "architectures": ["GPTNeoXForCausalLM"],
             "model_type": "gpt_neox",
@@ -185,43 +177,15 @@ class NeoXConfig:
             "tie_word_embeddings": False,
             "initializer_range": 0.02,
             "use_cache": True,
-            "torch_dtype": self.dtype,
+            "torch_dtype": DTYPE_NAMES[dtype],
         }
 
     # ---------------------------------------------------------------- the Pythia table
 
     @classmethod
-    def from_pythia(cls, name: str) -> "NeoXConfig":
-        """A Pythia size by name: "pythia-160m", "160m", "EleutherAI/pythia-160m-deduped", "pythia-125m" (v0)."""
-        row_name = pythia_row_name(name)
-        row = pythia_table()[row_name]
+    def from_pythia(cls, name: str) -> NeoXConfig:
+        """A Pythia size by any name `from_pretrained` accepts: "pythia-160m", "160m",
+        "EleutherAI/pythia-160m-deduped", "pythia-160m-v0", "pythia-70m-seed3" (see pythia.parse_name)."""
+        row = pythia.table()[pythia.parse_name(name).row]
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in row.items() if k in fields}, dtype="float16", name=row_name)
-
-
-@lru_cache(maxsize=1)
-def pythia_table() -> dict[str, dict[str, Any]]:
-    """The rows of configs/pythia.toml, keyed by canonical name ("pythia-160m")."""
-    try:
-        text = resources.files("neox_mini.configs").joinpath("pythia.toml").read_text(encoding="utf-8")
-    except ModuleNotFoundError:  # running from a source tree that was never installed
-        raise ConfigError("the Pythia table (neox_mini.configs) is not installed: run `pip install -e .`") from None
-    return tomllib.loads(text)
-
-
-def pythia_row_name(name: str) -> str:
-    """Canonical table row for any accepted spelling of a Pythia model name, or a ConfigError."""
-    short = name.strip().split("/")[-1].lower()
-    short = re.sub(r"-deduped$", "", short)
-    short = re.sub(r"-v0$", "", short)
-    if not short.startswith("pythia-"):
-        short = "pythia-" + short
-    table = pythia_table()
-    if short in table:
-        return short
-    for row_name, row in table.items():
-        if short in row["old_names"]:
-            return row_name
-    sizes = ", ".join(n.removeprefix("pythia-") for n in table)
-    raise ConfigError(f"unknown Pythia model {name!r}; sizes are: {sizes} (old names: "
-                      + ", ".join(o for r in table.values() for o in r["old_names"]) + ")")
+        return cls(**{k: v for k, v in row.items() if k in fields})

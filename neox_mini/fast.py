@@ -11,7 +11,7 @@ this:
     readable model and against transformers at the tolerances of `parity.TOLERANCES` (1e-5 relative
     in fp32) and checks that greedy generation gives identical tokens.
 
-Where the time goes on a CPU, and what this file changes (measurements: README, "Performance"):
+Where the time goes on a CPU, and what this file changes (measurements: docs/performance.md):
   * Decoding multiplies every weight matrix by a single vector, so a decode step is bound by memory
     bandwidth. F.linear with one input row is slow on CPU (one thread does most of the work); the
     same product written as a batched product over row blocks of the weight (`linear` below) keeps
@@ -34,7 +34,7 @@ from .model import GPTNeoX, KVCache, attention_allowed, rotate_half
 # A matrix-vector product (at most MATVEC_MAX_ROWS input rows) with a weight of at least
 # MATVEC_MIN_WEIGHT elements is computed as a batched product over MATVEC_SPLIT row blocks of the
 # weight, when the output size divides evenly. Smaller weights stay in cache, where F.linear (one op
-# instead of several) is faster. Chosen by measurement: see the README, "Performance".
+# instead of several) is faster. Chosen by measurement: see docs/performance.md.
 MATVEC_MAX_ROWS = 8
 MATVEC_MIN_WEIGHT = 2**18
 MATVEC_SPLIT = 8

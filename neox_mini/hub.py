@@ -26,40 +26,21 @@ cache is left exactly as it was.
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import os
 import re
-import tomllib
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-from .revisions import FINAL_STEP, RevisionError, check_revision, revision_step, step_to_tokens
+from . import pythia
+from .checkpoint import WEIGHT_FILES, find_weight_files, shard_names
+from .errors import CheckpointError, KnownIssueWarning, NeoxMiniError, ResolveError, UnknownModelError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-PYTHIA_ORG = "EleutherAI"
-
-# The weight files a revision may carry, in order of preference (the same order as
-# checkpoint.WEIGHT_FILES): safetensors before pickles, a shard index before a single file.
-WEIGHT_CHOICES = ("model.safetensors.index.json", "model.safetensors",
-                  "pytorch_model.bin.index.json", "pytorch_model.bin")
 
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 # A Hub repo id: "org/name", letters, digits, "-", "_", "." (no "--" or "..": the cache uses "--").
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-# Short Pythia names: "pythia-160m", "160m", "pythia-1.4b-deduped", "410m-deduped-v0".
-_PYTHIA_SHORT = re.compile(r"(?i)(?:pythia-)?([0-9.]+[mb])(-deduped)?(-v0)?")
-
-
-class ResolveError(ValueError):
-    """A model name, revision or folder that cannot be found (or fetched)."""
-
-
-class KnownIssueWarning(UserWarning):
-    """The revision being loaded is on the known-issues list (neox_mini/known_issues.toml)."""
 
 
 @dataclass
@@ -98,10 +79,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None, *, warn: bool
     if not isinstance(revision, str) or revision.startswith("/") or "\\" in revision \
             or any(part in ("", ".", "..") for part in revision.split("/")):
         raise ResolveError(f"{revision!r} is not a revision name (a branch such as step3000, a tag, or a commit sha)")
-    try:
-        check_revision(revision, repo_id)
-    except RevisionError as e:
-        raise ResolveError(str(e)) from None
+    pythia.check_revision(revision, repo_id)  # a RevisionError (a ResolveError) for a bad step name
     root = cache_root()
     commit = _cached_commit(root, repo_id, revision)
     folder = _snapshot(root, repo_id, commit) if commit else None
@@ -138,12 +116,12 @@ def _checkpoint_facts(root: Path, repo_id: str, revision: str | None, commit: st
     and the known issues of any of them (warned about once each)."""
     names = [revision] if revision and revision != commit else []
     names += [ref for ref, sha in _refs(root, repo_id).items() if sha == commit and ref not in names]
-    steps = [s for s in (revision_step(n) for n in names) if s is not None]
+    steps = [s for s in (pythia.revision_step(n) for n in names) if s is not None]
     facts: dict = {"refs": names}
     if steps:
         facts["step"] = steps[0]
-        facts["tokens"] = step_to_tokens(steps[0])
-    issues = known_issues_for(repo_id, names)
+        facts["tokens"] = pythia.step_to_tokens(steps[0])
+    issues = pythia.known_issues_for(repo_id, names)
     facts["known_issues"] = [i["id"] for i in issues]
     if warn:
         for issue in issues:
@@ -159,32 +137,20 @@ def _checkpoint_facts(root: Path, repo_id: str, revision: str | None, commit: st
 def hub_repo_id(name: str) -> str | None:
     """The Hub repo id a name stands for, or None when it is not a Hub name (then it is a path).
 
-    "EleutherAI/pythia-160m" is itself; short Pythia names get the EleutherAI organisation:
-    "pythia-160m", "160m", "pythia-160m-deduped", "160m-deduped", "pythia-160m-v0". A short name
-    that only looks like Pythia ("pythia-999m", the pre-2023 "pythia-1.3b") is an error."""
+    Pythia names are read by pythia.parse_name, the parser NeoXConfig.from_pythia uses too:
+    "pythia-160m", "160m", "EleutherAI/pythia-160m-deduped", "pythia-160m-v0", "pythia-70m-seed3"
+    -> "EleutherAI/pythia-...". A short name that only looks like Pythia ("pythia-999m", the
+    pre-2023 "pythia-1.3b") is an UnknownModelError. Any other "org/name" is itself: EleutherAI
+    has other repos than the suite (fine-tunes, ablations), and the Hub says whether one exists."""
     name = name.strip()
-    if "/" in name:
-        org_name = name.split("/")
-        if len(org_name) == 2 and _REPO_ID.fullmatch(name) and "--" not in name and ".." not in name:
-            return name
-        return None
-    m = _PYTHIA_SHORT.fullmatch(name)
-    if not m and not name.lower().startswith("pythia-"):
-        return None
-    from .config import pythia_table
-
-    table = pythia_table()
-    size = m.group(1).lower() if m else None
-    if size and f"pythia-{size}" in table:
-        return f"{PYTHIA_ORG}/pythia-{size}{(m.group(2) or '').lower()}{(m.group(3) or '').lower()}"
-    old = {o.removeprefix("pythia-"): row for row, r in table.items() for o in r["old_names"]}
-    sizes = ", ".join(n.removeprefix("pythia-") for n in table)
-    if size in old:
-        new = old[size].removeprefix("pythia-")
-        raise ResolveError(f"{name!r} is the pre-2023 name of pythia-{new}: use pythia-{new} "
-                           f"(or pythia-{new}-v0 for the original v0 training run)")
-    raise ResolveError(f"{name!r} is not a Pythia model (and no such folder exists); sizes are: {sizes}, "
-                       f"each also as -deduped")
+    is_repo_id = _REPO_ID.fullmatch(name) is not None and "--" not in name and ".." not in name
+    if pythia.looks_like_pythia(name):
+        try:
+            return pythia.parse_name(name).repo_id
+        except UnknownModelError:
+            if not is_repo_id:
+                raise
+    return name if is_repo_id else None
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -240,8 +206,6 @@ def _snapshot(root: Path, repo_id: str, commit: str) -> Path | None:
 def snapshot_problem(folder: Path) -> str | None:
     """Why a snapshot folder cannot be loaded as it is (None when it can): config.json and a
     complete set of weights are needed. A symlink whose blob is gone counts as missing."""
-    from .checkpoint import CheckpointError, find_weight_files
-
     if not (folder / "config.json").is_file():
         return "it has no config.json"
     try:
@@ -274,8 +238,8 @@ def cached_revisions(repo_id: str, root: Path | None = None) -> list[CachedRevis
 
 
 def _revision_order(name: str) -> tuple:
-    step = revision_step(name)
-    return (0, step if name != "main" else FINAL_STEP + 0.5, name) if step is not None else (1, 0, name)
+    step = pythia.revision_step(name)
+    return (0, step if name != "main" else pythia.FINAL_STEP + 0.5, name) if step is not None else (1, 0, name)
 
 
 def _describe_cached(root: Path, repo_id: str) -> str:
@@ -310,9 +274,13 @@ def download(repo_id: str, revision: str, *, root: Path | None = None, endpoint:
     fetched again. On any failure the cache is restored to what it was and a ResolveError says why."""
     root = root or cache_root()
     endpoint = (endpoint or hub_endpoint()).rstrip("/")
-    hf = _import_huggingface_hub()
-    from huggingface_hub.errors import (GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    import huggingface_hub as hf  # here only: `revisions`, `configs` and loading a folder never need it
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"{endpoint}/{repo_id}"
     try:
@@ -334,10 +302,10 @@ def download(repo_id: str, revision: str, *, root: Path | None = None, endpoint:
     files = {s.rfilename for s in (info.siblings or [])}
     if not commit or not _COMMIT_SHA.fullmatch(commit):
         raise ResolveError(f"{where}: the Hub answered without a commit sha for revision {revision!r}")
-    weights = next((w for w in WEIGHT_CHOICES if w in files), None)
+    weights = next((w for w in WEIGHT_FILES if w in files), None)
     if weights is None:
         raise ResolveError(f"{repo_id} at {revision} (commit {commit[:12]}) has no weights: expected one of "
-                           f"{', '.join(WEIGHT_CHOICES)}; the revision has {', '.join(sorted(files)) or 'no files'}")
+                           f"{', '.join(WEIGHT_FILES)}; the revision has {', '.join(sorted(files)) or 'no files'}")
     if "config.json" not in files:
         raise ResolveError(f"{repo_id} at {revision} (commit {commit[:12]}) has no config.json")
     wanted = ["config.json"] + (["tokenizer.json"] if "tokenizer.json" in files else []) + [weights]
@@ -349,7 +317,7 @@ def download(repo_id: str, revision: str, *, root: Path | None = None, endpoint:
         for name in wanted:
             path = hf.hf_hub_download(repo_id, name, revision=commit, cache_dir=str(root), endpoint=endpoint)
         if weights.endswith(".index.json"):
-            shards = _shards(Path(path))
+            shards = shard_names(Path(path))
             missing = [s for s in shards if s not in files]
             if missing:
                 raise ResolveError(f"{repo_id} at {revision}: {weights} lists shard(s) the revision does not "
@@ -360,7 +328,7 @@ def download(repo_id: str, revision: str, *, root: Path | None = None, endpoint:
             _write_ref(root, repo_id, revision, commit)
     except BaseException as e:  # KeyboardInterrupt included: never leave half a download behind
         _restore_cache_state(root, repo_id, before)
-        if isinstance(e, ResolveError):
+        if isinstance(e, NeoxMiniError):  # already says what is wrong (e.g. a bad shard index)
             raise
         if not isinstance(e, Exception):
             raise
@@ -371,22 +339,6 @@ def download(repo_id: str, revision: str, *, root: Path | None = None, endpoint:
         raise ResolveError(f"downloading {repo_id}@{revision} (commit {commit[:12]}) from {endpoint} failed: "
                            f"{why}. The cache at {root} was left as it was; run again to retry") from None
     return commit
-
-
-def _import_huggingface_hub():
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise ResolveError("downloading from the Hub needs huggingface_hub (`pip install huggingface_hub`); "
-                           "or pass a local folder") from None
-    return huggingface_hub
-
-
-def _shards(index: Path) -> list[str]:
-    try:
-        return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise ResolveError(f"{index.name} is not a valid shard index (needs a 'weight_map'): {e}") from None
 
 
 def _write_ref(root: Path, repo_id: str, revision: str, commit: str) -> None:
@@ -437,22 +389,3 @@ def _restore_cache_state(root: Path, repo_id: str, before: set[str]) -> None:
                 os.rmdir(p)
         except OSError:
             pass  # best effort: e.g. another process wrote into a folder we created
-
-
-# ----------------------------------------------------------------------------- known issues
-
-
-@lru_cache(maxsize=1)
-def known_issues() -> list[dict]:
-    """The entries of neox_mini/known_issues.toml (id, repos, revisions, summary, sources)."""
-    text = resources.files("neox_mini").joinpath("known_issues.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)["issue"]
-
-
-def known_issues_for(repo_id: str, revisions) -> list[dict]:
-    """The known issues that affect repo_id at any of the given revision names."""
-    revisions = set(revisions)
-    repo = repo_id.lower()
-    return [i for i in known_issues()
-            if any(fnmatch.fnmatchcase(repo, pattern.lower()) for pattern in i["repos"])
-            and revisions & set(i["revisions"])]

@@ -20,7 +20,6 @@ Shape notation used in the comments:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -212,7 +211,7 @@ class GPTNeoX(nn.Module):
         # (as from_pretrained does): they come from the config, never from a checkpoint, and
         # computing them on meta would import torch._dynamo, ~1 s of start-up for nothing.
         self.rotary = RotaryEmbedding(config, device="cpu" if torch.empty(0).is_meta else None)
-        self.provenance: dict | None = None  # filled in by from_pretrained: what was loaded from where
+        self.provenance: dict | None = None  # filled in by loading.from_pretrained: what was loaded from where
 
     # -- KV cache, allocated explicitly --------------------------------------------------------
 
@@ -294,22 +293,10 @@ class GPTNeoX(nn.Module):
         logits = self.embed_out(x)  # [B, T, V]
         return (logits, hidden_states) if return_hidden_states else logits
 
-    # -- loading -------------------------------------------------------------------------------
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, *,
-                        dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
-                        gelu: str | None = None, **kwargs) -> "GPTNeoX":
-        """Load a checkpoint folder (config.json + safetensors or .bin weights), or a Hub name such as
-        "EleutherAI/pythia-160m" / "pythia-160m" at a revision ("step3000", a commit sha; default
-        "main") through the Hugging Face cache. See hub.py (names, cache, downloads) and checkpoint.py."""
-        # the file-format and Hub details live there, not in the textbook
-        from .checkpoint import load_model
-        from .hub import resolve
-
-        resolved = resolve(name_or_path, revision)
-        provenance = {**resolved.provenance, **(kwargs.pop("provenance", None) or {})}
-        return load_model(resolved.path, dtype=dtype, device=device, gelu=gelu, provenance=provenance, **kwargs)
+def hidden_state_names(num_layers: int) -> list[str]:
+    """The activations `forward(..., return_hidden_states=True)` returns, in forward order."""
+    return ["gpt_neox.embed_in"] + [f"gpt_neox.layers.{i}" for i in range(num_layers)] + ["gpt_neox.final_layer_norm"]
 
 
 def attention_allowed(start_pos: int, T: int, attention_mask: torch.Tensor | None,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import MissingTokenizerError, TokenizerError
+
 EOS_ID = 0  # <|endoftext|>
 BOS_ID = 0  # the same token: Pythia documents are separated by <|endoftext|>
 PAD_ID = 1  # <|padding|>
@@ -26,7 +28,7 @@ def find_tokenizer_file(path: str | Path) -> Path:
     path = Path(path)
     candidate = path / "tokenizer.json" if path.is_dir() else path
     if not candidate.is_file():
-        raise FileNotFoundError(f"no tokenizer.json: looked for {candidate} (pass --tokenizer PATH, or "
+        raise MissingTokenizerError(f"no tokenizer.json: looked for {candidate} (pass --tokenizer PATH, or "
                                 f"put the GPT-NeoX-20B tokenizer.json next to the weights)")
     return candidate
 
@@ -39,7 +41,7 @@ class Tokenizer:
         try:
             self._tok = HFTokenizer.from_file(str(self.path))
         except Exception as e:  # tokenizers raises a bare Exception for malformed files
-            raise ValueError(f"{self.path} is not a valid tokenizer.json: {e}") from None
+            raise TokenizerError(f"{self.path} is not a valid tokenizer.json: {e}") from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # 50277 ids: 0 .. 50276
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
@@ -57,7 +59,7 @@ class Tokenizer:
             raise ValueError(f"token id {bad[0]} is out of range: the tokenizer has ids 0..{self.vocab_size - 1}")
         return self._tok.decode(ids, skip_special_tokens=False)
 
-    def stream_decoder(self) -> "StreamDecoder":
+    def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
 
 

@@ -108,12 +108,13 @@ def alternate(fns: dict, runs: int, warmup: bool = True) -> dict[str, list[float
 
 def checkpoint(cache: Path, size: str, dtype: str) -> Path:
     """A random-weight checkpoint of the given Pythia shape, made once and reused."""
-    from make_checkpoint import make_checkpoint
+    from neox_mini import NeoXConfig
+    from neox_mini.synthetic import write_random_checkpoint
 
     folder = cache / f"pythia-{size}-{dtype}"
     if not (folder / "config.json").is_file():
         print(f"  making {folder} ...", flush=True)
-        make_checkpoint(folder, size=size, dtype=dtype, tokenizer=TOKENIZER_JSON)
+        write_random_checkpoint(folder, NeoXConfig.from_pythia(size), dtype=dtype, tokenizer=TOKENIZER_JSON)
     return folder
 
 
@@ -139,10 +140,10 @@ def load_both(folder: Path, dtype: str):
     import transformers
     from transformers import GPTNeoXForCausalLM
 
-    from neox_mini import GPTNeoX
+    from neox_mini import from_pretrained
 
     transformers.utils.logging.disable_progress_bar()
-    neox = GPTNeoX.from_pretrained(folder)
+    neox = from_pretrained(folder)
     hf = GPTNeoXForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[dtype]).eval()
     hf.generation_config.eos_token_id = None  # EOS ignored: always N new tokens
     hf.generation_config.pad_token_id = 1
@@ -185,7 +186,7 @@ def bench_decode(neox, hf, batch: int, runs: int, new_tokens: int) -> dict:
 
 
 def bench_prefill(neox, hf, T: int, runs: int) -> dict:
-    from neox_mini.generate import prefill
+    from neox_mini.generation import prefill
 
     ids = torch.randint(0, 50000, (1, T), generator=torch.Generator().manual_seed(T))
 
@@ -234,8 +235,8 @@ def bench_matvec(C: int, dtype: str, runs: int) -> dict:
 NEOX_RSS = """
 import torch, sys
 torch.set_num_threads({threads})
-from neox_mini import GPTNeoX, generate
-m = GPTNeoX.from_pretrained(sys.argv[1])
+from neox_mini import GPTNeoX, from_pretrained, generate
+m = from_pretrained(sys.argv[1])
 generate(m, torch.randint(0, 50000, (1, 16)), 8)
 print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
 """

@@ -12,28 +12,10 @@ of the real model, the weights are random (seeded), the layout is what the Hub s
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-from pathlib import Path
-
 
 from neox_mini import NeoXConfig
-from neox_mini.checkpoint import random_model, save_checkpoint
-
-
-def make_checkpoint(out: str | Path, *, size: str | None = None, config: NeoXConfig | None = None,
-                    dtype: str = "fp32", seed: int = 0, weights: str = "safetensors",
-                    max_shard_bytes: int | None = None, tokenizer: str | Path | None = None) -> Path:
-    if tokenizer is not None and not Path(tokenizer).is_file():  # checked first: a bad input writes nothing
-        raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist")
-    if config is None:
-        config = NeoXConfig.from_pythia(size or "14m")
-    model = random_model(config, seed=seed, dtype=dtype)
-    out = Path(out)
-    save_checkpoint(model, out, weights=weights, max_shard_bytes=max_shard_bytes)
-    if tokenizer:
-        shutil.copyfile(tokenizer, out / "tokenizer.json")
-    return out
+from neox_mini.synthetic import write_random_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                             rotary_pct=a.rotary_pct, use_parallel_residual=not a.sequential_residual,
                             max_position_embeddings=a.max_position_embeddings)
     shard = int(a.max_shard_mb * 2**20) if a.max_shard_mb else None
-    out = make_checkpoint(a.out, size=a.size, config=config, dtype=a.dtype, seed=a.seed, weights=a.weights,
-                          max_shard_bytes=shard, tokenizer=a.tokenizer)
+    config = config or NeoXConfig.from_pythia(a.size or "14m")
+    out = write_random_checkpoint(a.out, config, dtype=a.dtype, seed=a.seed, weights=a.weights,
+                                  max_shard_bytes=shard, tokenizer=a.tokenizer)
     print(f"wrote {out}")
     return 0
 

@@ -27,8 +27,11 @@ import tempfile
 from pathlib import Path
 
 from neox_mini import GPTNeoX, NeoXConfig
-from neox_mini.checkpoint import random_model, save_checkpoint
-from neox_mini.parity import ParityError, run_parity, tensors_sha256
+from neox_mini.checkpoint import save_checkpoint
+from neox_mini.errors import ParityError
+from neox_mini.golden import tensors_sha256
+from neox_mini.parity import run_parity
+from neox_mini.synthetic import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = ROOT / "tests" / "golden"

@@ -27,6 +27,7 @@ import torch
 
 from neox_mini import NeoXConfig
 from neox_mini.parity import run_parity
+from neox_mini.synthetic import write_random_checkpoint
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizer" / "gpt-neox-20b" / "tokenizer.json"
 # "tiny": a 2-layer model with the full vocabulary (so real text tokenizes into it), seconds to check.
@@ -35,12 +36,9 @@ TINY = NeoXConfig(vocab_size=50304, hidden_size=64, num_layers=2, num_heads=4, i
 
 def make_synthetic(size: str, folder: Path, tokenizer: Path | None) -> Path:
     """A random-weight checkpoint of a Pythia size ("14m", "70m", ...) or "tiny", seed 0."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from make_checkpoint import make_checkpoint
-
     config = TINY if size == "tiny" else NeoXConfig.from_pythia(size)
-    return make_checkpoint(folder / f"synthetic-{size}", config=config, dtype="fp32", seed=0,
-                           tokenizer=tokenizer if tokenizer and tokenizer.is_file() else None)
+    return write_random_checkpoint(folder / f"synthetic-{size}", config, dtype="fp32", seed=0,
+                                   tokenizer=tokenizer if tokenizer and tokenizer.is_file() else None)
 
 
 def run_one(model: str, revision: str | None, dtype: str, gelu: str | None, label: str) -> dict:
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                     for gelu in a.gelus:
                         rows.append(run_one(model, revision, dtype, gelu, model))
 
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__, "transformers": transformers.__version__}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ Errors carry the Hub's X-Error-Code header (RepoNotFound, RevisionNotFound, Entr
 is how huggingface_hub tells them apart. Every request is logged. Both servers listen on 127.0.0.1.
 
 Run as `python tests/fake_hub.py` it is a worker: it reads one JSON command per line from stdin,
-loads the model with `GPTNeoX.from_pretrained` and answers one `RESULT {json}` line. The download
+loads the model with `from_pretrained` and answers one `RESULT {json}` line. The download
 tests drive it in a subprocess whose HF_ENDPOINT points at the server: huggingface_hub reads
 HF_ENDPOINT once, at import time, so it must be set before the process starts.
 """
@@ -252,7 +252,7 @@ def _worker() -> None:
 
     import torch
 
-    from neox_mini import GPTNeoX
+    from neox_mini import from_pretrained
 
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -262,7 +262,7 @@ def _worker() -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                model = GPTNeoX.from_pretrained(cmd["name"], revision=cmd.get("revision"))
+                model = from_pretrained(cmd["name"], revision=cmd.get("revision"))
                 with torch.no_grad():
                     logits = model(torch.tensor([cmd.get("ids", [1, 2, 3])]))
                 result = {"ok": True, "provenance": model.provenance, "logits_sum": float(logits.double().sum())}

@@ -1,4 +1,8 @@
-"""The `neox-mini` console script, run for real in a subprocess, checked against transformers.
+"""The `neox-mini` command line, checked against transformers and the Python API.
+
+Most tests call `main(argv)` in-process (what the console script runs, without a torch start-up
+per test); a few smoke tests run the installed console script in a real subprocess: end-to-end
+generation and a reader that closes the pipe early.
 
 Padded vocabulary and the comparison with transformers: our generation never emits ids >= 50,277
 (the padded embedding rows), transformers' argmax looks at all 50,304 rows. On these random weights
@@ -6,24 +10,23 @@ transformers never picks a padded row (asserted below), so the plain `generate(d
 output is the fair reference and no masking is needed on its side.
 """
 
-import importlib.util
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from neox_mini import GPTNeoX, NeoXConfig, generate
+from neox_mini import NeoXConfig, from_pretrained, generate
 from neox_mini.cli import main
 from neox_mini.scoring import window_spans
+from neox_mini.synthetic import write_random_checkpoint
 from neox_mini.tokenizer import EOS_ID, Tokenizer
-from reference import TOKENIZER_JSON
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def console_script() -> str:
@@ -34,39 +37,51 @@ def console_script() -> str:
     return found
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_script(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([console_script(), *args], input=stdin, capture_output=True, text=True,
-                          encoding="utf-8", env=env, timeout=600)
+    return subprocess.run([console_script(), *args], capture_output=True, text=True, encoding="utf-8", env=env,
+                          timeout=600)
 
 
-def make_checkpoint(*args, **kwargs) -> Path:
-    spec = importlib.util.spec_from_file_location("make_checkpoint", ROOT / "scripts" / "make_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_checkpoint(*args, **kwargs)
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run(capsys, monkeypatch):
+    """Run `neox-mini ARGS` in-process: main(argv) as the console script calls it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def run(*args: str, stdin: str | None = None) -> Result:
+        capsys.readouterr()  # drop anything printed before
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse: usage errors (2) and --help (0)
+            code = e.code
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+    return run
 
 
 @pytest.fixture(scope="module")
-def ckpt70m(tmp_path_factory) -> Path:
-    """A random pythia-70m-shape checkpoint with the real tokenizer, as the README's main job makes it."""
-    return make_checkpoint(tmp_path_factory.mktemp("pythia-70m-random"), size="70m", tokenizer=TOKENIZER_JSON)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
+def tiny(tmp_path_factory, tokenizer_json) -> Path:
     """Real vocabulary and context length (2048), tiny width: cheap, but real prompts and files."""
     config = NeoXConfig(vocab_size=50304, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256)
-    return make_checkpoint(tmp_path_factory.mktemp("tiny"), config=config, tokenizer=TOKENIZER_JSON)
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny"), config, tokenizer=tokenizer_json)
 
 
 @pytest.fixture(scope="module")
-def hf_greedy(ckpt70m) -> str:
+def hf_greedy(tiny) -> str:
     """What transformers' generate(do_sample=False) decodes for "Hello, I am" + 40 tokens."""
     from transformers import AutoTokenizer, GPTNeoXForCausalLM
 
-    model = GPTNeoXForCausalLM.from_pretrained(ckpt70m)
-    tokenizer = AutoTokenizer.from_pretrained(ckpt70m)
+    model = GPTNeoXForCausalLM.from_pretrained(tiny)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
     prompt = tokenizer("Hello, I am", return_tensors="pt").input_ids
     assert prompt.tolist() == [[12092, 13, 309, 717]]
     out = model.generate(prompt, do_sample=False, max_new_tokens=40)[0].tolist()
@@ -89,29 +104,33 @@ def assert_error(result, *fragments):
 # ----------------------------------------------------------------------------- generate
 
 
-def test_greedy_prints_what_transformers_decodes(ckpt70m, hf_greedy):
-    result = run("generate", "--greedy", "-n", "40", "--model", str(ckpt70m), "Hello, I am")
+def test_greedy_prints_what_transformers_decodes(tiny, hf_greedy):
+    """End to end, through the installed console script in a real process."""
+    result = run_script("generate", "--greedy", "-n", "40", "--model", str(tiny), "Hello, I am")
     assert result.returncode == 0, result.stderr
     assert result.stdout == hf_greedy + "\n"
     assert len(hf_greedy) > len("Hello, I am") + 40  # 40 tokens really were generated
 
 
-def test_stop_string(ckpt70m, hf_greedy):
+def test_greedy_in_process_and_stop_string(run, tiny, hf_greedy):
+    result = run("generate", "--greedy", "-n", "40", "--model", str(tiny), "Hello, I am")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == hf_greedy + "\n"
     stop = hf_greedy[30:34]  # four characters well inside the greedy continuation
-    result = run("generate", "--greedy", "-n", "40", "--model", str(ckpt70m), "--stop", stop, "Hello, I am")
+    result = run("generate", "--greedy", "-n", "40", "--model", str(tiny), "--stop", stop, "Hello, I am")
     assert result.returncode == 0, result.stderr
     assert result.stdout == hf_greedy[:hf_greedy.index(stop)] + "\n"
 
 
-def test_seeded_sampling_is_reproducible(ckpt70m):
-    args = ["generate", "--model", str(ckpt70m), "--seed", "7", "--temperature", "0.8", "--top-k", "50",
+def test_seeded_sampling_is_reproducible(run, tiny):
+    args = ["generate", "--model", str(tiny), "--seed", "7", "--temperature", "0.8", "--top-k", "50",
             "-n", "20", "Hello, I am"]
     first, second = run(*args), run(*args)
     assert first.returncode == second.returncode == 0, first.stderr
     assert first.stdout == second.stdout
     # ... and it is the Python API's output for the same seed.
-    model = GPTNeoX.from_pretrained(ckpt70m)
-    tok = Tokenizer(ckpt70m)
+    model = from_pretrained(tiny)
+    tok = Tokenizer(tiny)
     ids = generate(model, torch.tensor([tok.encode("Hello, I am")]), 20, temperature=0.8, top_k=50, seed=7)[0]
     new = ids[4:].tolist()
     if EOS_ID in new:
@@ -121,17 +140,17 @@ def test_seeded_sampling_is_reproducible(ckpt70m):
     assert not torch.equal(other, ids)  # the seed matters
 
 
-def test_prompt_from_stdin(tiny):
+def test_prompt_from_stdin(run, tiny):
     piped = run("generate", "--greedy", "-n", "8", "--model", str(tiny), "-", stdin="Hello, I am")
     assert piped.returncode == 0, piped.stderr
-    model, tok = GPTNeoX.from_pretrained(tiny), Tokenizer(tiny)
+    model, tok = from_pretrained(tiny), Tokenizer(tiny)
     ids = generate(model, torch.tensor([tok.encode("Hello, I am")]), 8)[0].tolist()
     assert EOS_ID not in ids and piped.stdout == tok.decode(ids) + "\n"
 
 
-def test_prompt_longer_than_the_context(tiny):
+def test_prompt_longer_than_the_context(run, tiny, tokenizer):
     prompt = "word " * 2100  # 2100 tokens + the trailing space
-    n_tokens = len(Tokenizer(TOKENIZER_JSON).encode(prompt))
+    n_tokens = len(tokenizer.encode(prompt))
     result = run("generate", "--greedy", "-n", "5", "--model", str(tiny), prompt)
     assert_error(result, f"the prompt is {n_tokens} tokens; with -n 5 that is {n_tokens + 5} > the context "
                          "length 2048", "--truncate")
@@ -145,7 +164,7 @@ def test_prompt_longer_than_the_context(tiny):
 # ----------------------------------------------------------------------------- score
 
 
-def test_score_matches_transformers_loss(tiny, tmp_path):
+def test_score_matches_transformers_loss(run, tiny, tmp_path):
     from transformers import GPTNeoXForCausalLM
 
     tok = Tokenizer(tiny)
@@ -181,50 +200,50 @@ def test_score_matches_transformers_loss(tiny, tmp_path):
 # ----------------------------------------------------------------------------- info, configs, help
 
 
-def test_info(ckpt70m):
-    result = run("info", "--model", str(ckpt70m))
+def test_info(run, tmp_path, tokenizer_json):
+    """On a random checkpoint in the real pythia-14m shape: the table row is recognised."""
+    folder = write_random_checkpoint(tmp_path / "14m", NeoXConfig.from_pythia("14m"), tokenizer=tokenizer_json)
+    result = run("info", "--model", str(folder))
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert f"path                     {ckpt70m.resolve()}" in out
-    assert "pythia-70m: 70,426,624 total, 18,915,328 non-embedding: match" in out
-    assert "total                    70,426,624" in out
+    assert f"path                     {folder.resolve()}" in out
+    assert "pythia-14m: 14,067,712 total, 1,189,888 non-embedding: match" in out
+    assert "total                    14,067,712" in out
     assert "float32: 76" in out  # 6 layers x 12 tensors + 4
-    assert f"{(ckpt70m / 'model.safetensors').stat().st_size:,} bytes  (weights)" in out
+    assert f"{(folder / 'model.safetensors').stat().st_size:,} bytes  (weights)" in out
     assert "tokenizer.json" in out
     assert "fp32" in out and "bf16" in out and "fp16" in out
 
 
-def test_configs():
+def test_configs(run):
     result = run("configs")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["name", "layers", "d_model", "heads", "non-embedding", "total", "vocab",
-                                "batch", "(tokens)", "lr"]
-    assert lines[1].split() == ["pythia-14m", "6", "128", "4", "1,189,888", "14,067,712", "50304", "2,097,152", "1.0e-03"]
+                                "batch", "(tokens)", "lr", "seed", "runs"]
+    assert lines[1].split() == ["pythia-14m", "6", "128", "4", "1,189,888", "14,067,712", "50304", "2,097,152",
+                                "1.0e-03", "seed1-9"]
+    assert lines[4].split()[-3:] == ["seed1-9,", "data-seed1-3,", "weight-seed1-3"]  # pythia-160m
     assert lines[-1].split() == ["pythia-12b", "36", "5120", "40", "11,327,027,200", "11,846,072,320", "50688",
-                                 "2,097,152", "1.2e-04"]
+                                 "2,097,152", "1.2e-04", "-"]
     assert len(lines) == 11
 
 
-def test_help(capsys):
-    result = subprocess.run([sys.executable, "-m", "neox_mini", "generate", "--help"], capture_output=True,
-                            text=True, encoding="utf-8")
-    assert result.returncode == 0 and "examples:" in result.stdout and "--model" in result.stdout
-    for command in ("score", "info", "configs"):  # the same parser, in-process (no subprocess each)
-        with pytest.raises(SystemExit) as exit:
-            main([command, "--help"])
-        assert exit.value.code == 0 and "example" in capsys.readouterr().out
+def test_help(run):
+    for command in ("generate", "score", "info", "configs", "revisions", "parity"):
+        result = run(command, "--help")
+        assert result.returncode == 0 and "example" in result.stdout, command
 
 
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_model_folder_that_does_not_exist(tmp_path):
+def test_model_folder_that_does_not_exist(run, tmp_path):
     assert_error(run("generate", "--model", str(tmp_path / "nowhere"), "Hi"),
                  "neox-mini generate: error:", f"{tmp_path / 'nowhere'}", "does not exist")
 
 
-def test_missing_tokenizer_says_where_it_looked(tiny, tmp_path):
+def test_missing_tokenizer_says_where_it_looked(run, tiny, tmp_path):
     for name in ("config.json", "model.safetensors"):
         shutil.copyfile(tiny / name, tmp_path / name)
     assert_error(run("generate", "--model", str(tmp_path), "Hi"),
@@ -235,11 +254,11 @@ def test_missing_tokenizer_says_where_it_looked(tiny, tmp_path):
     (["generate", ""], ["the prompt is empty"]),
     (["generate", "--top-p", "1.5", "Hi"], ["top_p must be in (0, 1]"]),
 ])
-def test_bad_generate_arguments(tiny, args, fragments):
+def test_bad_generate_arguments(run, tiny, args, fragments):
     assert_error(run(args[0], "--model", str(tiny), *args[1:]), *fragments)
 
 
-def test_bad_files_to_score(tiny, tmp_path):
+def test_bad_files_to_score(run, tiny, tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café au lait".encode("latin-1"))
     assert_error(run("score", "--model", str(tiny), str(latin1)),
@@ -249,8 +268,7 @@ def test_bad_files_to_score(tiny, tmp_path):
     assert_error(run("score", "--model", str(tiny), str(empty)), f"{empty} is empty")
 
 
-def test_bad_input_in_process(tiny, tmp_path, capsys):
-    """More bad input through the same main() (in-process, to keep the suite fast)."""
+def test_more_bad_input(tiny, tmp_path, capsys):
     cases = [(["score", "--model", str(tiny), str(tmp_path / "missing.txt")], "missing.txt: no such file"),
              (["generate", "--model", str(tiny), "--temperature", "-1", "Hi"], "temperature must be >= 0"),
              (["generate", "--model", str(tiny), "--stop", "", "Hi"], "--stop needs a non-empty text"),
@@ -262,27 +280,25 @@ def test_bad_input_in_process(tiny, tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
 
 
-def test_usage_errors_exit_2(tiny):
+def test_usage_errors_exit_2(run, tiny):
     result = run("generate", "--dtype", "fp64", "--model", str(tiny), "Hi")
     assert result.returncode == 2 and "invalid choice: 'fp64'" in result.stderr
 
 
-def test_debug_after_or_before_the_subcommand_shows_the_traceback(tmp_path):
-    for args in (["generate", "--debug"], ["--debug", "generate"]):
-        result = run(*args, "--model", str(tmp_path / "nowhere"), "Hi")
-        assert result.returncode != 0 and "Traceback" in result.stderr, args
+def test_debug_before_or_after_any_subcommand_raises_instead_of_one_line(tmp_path, monkeypatch):
+    """--debug lets the exception through (the console script then prints its traceback)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    nowhere = str(tmp_path / "nowhere")
+    for argv in (["generate", "--debug", "--model", nowhere, "Hi"], ["--debug", "generate", "--model", nowhere, "Hi"],
+                 ["info", "--debug", "--model", nowhere], ["parity", "--debug", "--model", nowhere],
+                 ["score", "--debug", "--model", nowhere, str(tmp_path / "file.txt")]):
+        with pytest.raises(Exception, match="does not exist|no such file"):
+            main(argv)
 
 
-@pytest.mark.parametrize("command", [["info"], ["parity"], ["score", "file.txt"]])
-def test_every_model_command_accepts_debug_after_the_subcommand(tmp_path, command):
-    result = run(*command[:1], "--debug", "--model", str(tmp_path / "nowhere"), *command[1:])
-    assert result.returncode != 0 and "Traceback" in result.stderr, command
-
-
-@pytest.mark.parametrize("command", [["revisions"], ["configs"]])
-def test_a_reader_that_leaves_early_is_not_an_error(command):
+def test_a_reader_that_leaves_early_is_not_an_error():
     """`neox-mini revisions | head -1`: the pipe closes before the output is written."""
-    proc = subprocess.Popen([console_script(), *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdout.close()  # the reader is gone before the program (seconds to start) writes a byte
+    proc = subprocess.Popen([console_script(), "revisions"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the program writes a byte
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and stderr == "", stderr

@@ -13,11 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import hf_pair, ours_from_hf
 
 from neox_mini import GPTNeoX, NeoXConfig, fast, generate
-from neox_mini.parity import TOLERANCES, relative_max_error
-
-from reference import make_hf_checkpoint
+from neox_mini.parity import TOLERANCES, difference
 
 FP32 = TOLERANCES["float32"]
 
@@ -42,12 +41,15 @@ def split_small_matrices_too(monkeypatch):
     monkeypatch.setattr(fast, "MATVEC_MIN_WEIGHT", 0)
 
 
+def relative_max_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return difference("logits", ours, ref).rel_error
+
+
 @pytest.fixture(scope="module", params=list(CONFIGS))
-def models(request, tmp_path_factory):
-    """(ours loaded from a transformers-written checkpoint, the transformers model)."""
-    folder = tmp_path_factory.mktemp(f"fast-{request.param}")
-    hf = make_hf_checkpoint(CONFIGS[request.param], folder)
-    return GPTNeoX.from_pretrained(folder), hf
+def models(request):
+    """(ours, the transformers model with the same weights)."""
+    hf, ours = hf_pair(CONFIGS[request.param])
+    return ours, hf
 
 
 def ids_for(config: NeoXConfig, B: int, T: int, seed: int = 0) -> torch.Tensor:
@@ -154,11 +156,11 @@ def test_greedy_tokens_identical(models, B):
 
 
 @torch.no_grad()
-def test_bf16_within_bf16_tolerance(models, tmp_path):
+def test_bf16_within_bf16_tolerance(models):
     ours, hf = models
     ids = ids_for(ours.config, 2, 16, seed=5)
     ref = hf(ids).logits
-    ours_bf16 = GPTNeoX.from_pretrained(ours.provenance["path"], dtype="bf16")
+    ours_bf16 = ours_from_hf(hf, ours.config, torch.bfloat16)
     got = fast.forward(ours_bf16, ids)
     assert got.dtype == torch.bfloat16
     assert relative_max_error(got, ref) <= TOLERANCES["bfloat16"]
@@ -167,13 +169,12 @@ def test_bf16_within_bf16_tolerance(models, tmp_path):
     assert relative_max_error(got, readable) <= TOLERANCES["bfloat16"]
 
 
-def test_pythia_14m_shape(tmp_path, monkeypatch):
+def test_pythia_14m_shape(monkeypatch):
     """The real 14m shape (50304-row LM head, 6 layers) and the real thresholds of fast.linear:
     one prefill + decode against transformers."""
     monkeypatch.setattr(fast, "MATVEC_MIN_WEIGHT", REAL_MIN_WEIGHT)
     config = NeoXConfig.from_pythia("14m")
-    hf = make_hf_checkpoint(config, tmp_path)
-    ours = GPTNeoX.from_pretrained(tmp_path)
+    hf, ours = hf_pair(config)
     ids = ids_for(config, 1, 12, seed=6)
     with torch.no_grad():
         ref = hf(ids).logits

@@ -3,13 +3,22 @@ repetition penalty against transformers, streaming, and bad input. Small random 
 
 import pytest
 import torch
+from helpers import hf_pair
 
 from neox_mini import GPTNeoX, NeoXConfig, generate
-from neox_mini.checkpoint import init_random_weights
-from neox_mini.generate import (PAD_ID, TOKENIZER_VOCAB_SIZE, generate_batch, generate_tokens, left_pad,
-                                logits_to_probs, mask_padded_vocab, sample, split_at_stop, stream_text)
-from neox_mini.tokenizer import Tokenizer
-from reference import TOKENIZER_JSON, make_hf_checkpoint
+from neox_mini.generation import (
+    PAD_ID,
+    generate_batch,
+    generate_tokens,
+    left_pad,
+    logits_to_probs,
+    mask_padded_vocab,
+    sample,
+    split_at_stop,
+    stream_text,
+)
+from neox_mini.pythia import TOKENIZER_VOCAB_SIZE
+from neox_mini.synthetic import init_random_weights
 
 TINY = NeoXConfig(vocab_size=1001, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256,
                   max_position_embeddings=128)
@@ -35,8 +44,8 @@ def padded_model():
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return Tokenizer(TOKENIZER_JSON)
+def tok(tokenizer):
+    return tokenizer
 
 
 PROMPTS = [[5, 17, 300, 2, 9, 44, 800, 3], [1000], [7, 7, 7, 12], [64, 1, 0, 512, 90]]
@@ -93,9 +102,8 @@ def test_padded_vocab_rows_are_never_generated():
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.5, 0.7])
-def test_greedy_with_repetition_penalty_matches_transformers(tmp_path, penalty):
-    reference = make_hf_checkpoint(TINY, tmp_path)
-    ours = GPTNeoX.from_pretrained(tmp_path)
+def test_greedy_with_repetition_penalty_matches_transformers(penalty):
+    reference, ours = hf_pair(TINY)
     prompt = torch.tensor([[5, 17, 300, 2, 9, 17, 17, 44]])
     reference.generation_config.eos_token_id = None  # all 30 tokens, as ours without eos_id
     expected = reference.generate(prompt, max_new_tokens=30, do_sample=False, repetition_penalty=penalty)
@@ -103,9 +111,8 @@ def test_greedy_with_repetition_penalty_matches_transformers(tmp_path, penalty):
     assert got.tolist() == expected.tolist()
 
 
-def test_eos_stops_like_transformers(tmp_path):
-    reference = make_hf_checkpoint(TINY, tmp_path)
-    ours = GPTNeoX.from_pretrained(tmp_path)
+def test_eos_stops_like_transformers():
+    reference, ours = hf_pair(TINY)
     prompt = torch.tensor([[5, 17, 300, 2]])
     free = generate(ours, prompt, 20)[0, 4:].tolist()
     eos = free[6]  # a token greedy produces at step 7 (and maybe earlier): use it as the EOS

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fake_hub import FakeHub, add_to_cache, folder_files, tree_state
-from neox_mini import CheckpointError, GPTNeoX, NeoXConfig
-from neox_mini.checkpoint import random_model, save_checkpoint
-from neox_mini.hub import (KnownIssueWarning, ResolveError, cache_root, cached_revisions, hub_repo_id, resolve,
-                           resolve_model)
+
+from neox_mini import CheckpointError, GPTNeoX, NeoXConfig, from_pretrained
+from neox_mini.checkpoint import save_checkpoint
+from neox_mini.hub import (
+    KnownIssueWarning,
+    ResolveError,
+    cache_root,
+    cached_revisions,
+    hub_repo_id,
+    resolve,
+    resolve_model,
+)
+from neox_mini.synthetic import random_model
 
 TINY = NeoXConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=128)
 IDS = torch.tensor([[5, 17, 99, 3, 64]])
@@ -33,7 +41,7 @@ def tiny_checkpoint(folder: Path, seed: int, **save_kwargs) -> Path:
 
 
 def logits(model_or_folder, **kwargs) -> torch.Tensor:
-    model = model_or_folder if isinstance(model_or_folder, GPTNeoX) else GPTNeoX.from_pretrained(model_or_folder, **kwargs)
+    model = model_or_folder if isinstance(model_or_folder, GPTNeoX) else from_pretrained(model_or_folder, **kwargs)
     with torch.no_grad():
         return model(IDS)
 
@@ -72,8 +80,8 @@ def test_the_fixture_cache_has_the_hub_layout(cache):
 
 def test_name_and_revision_load_the_right_weights(cache, sources):
     root, shas = cache
-    a = GPTNeoX.from_pretrained(REPO, revision="step1000")
-    b = GPTNeoX.from_pretrained(REPO, revision="step2000")
+    a = from_pretrained(REPO, revision="step1000")
+    b = from_pretrained(REPO, revision="step2000")
     assert not torch.equal(logits(a), logits(b))
     for model, rev in [(a, "step1000"), (b, "step2000")]:
         snapshot = root / "models--EleutherAI--pythia-70m" / "snapshots" / shas[rev]
@@ -90,7 +98,7 @@ def test_name_and_revision_load_the_right_weights(cache, sources):
 def test_main_is_the_default_and_short_names_work(cache, sources):
     root, shas = cache
     for name in ["EleutherAI/pythia-70m", "pythia-70m", "70m"]:
-        model = GPTNeoX.from_pretrained(name)
+        model = from_pretrained(name)
         assert torch.equal(logits(model), logits(sources["main"]))
         assert (model.provenance["revision"], model.provenance["commit_sha"]) == ("main", shas["main"])
         assert model.provenance["refs"] == ["main", "step143000"] and model.provenance["step"] == 143000
@@ -116,7 +124,7 @@ def test_an_unknown_or_renamed_pythia_name_is_refused():
 
 def test_a_commit_sha_works(cache, sources):
     root, shas = cache
-    model = GPTNeoX.from_pretrained(REPO, revision=shas["step2000"])
+    model = from_pretrained(REPO, revision=shas["step2000"])
     assert torch.equal(logits(model), logits(sources["step2000"]))
     p = model.provenance
     assert (p["revision"], p["commit_sha"], p["refs"], p["step"]) == (shas["step2000"], shas["step2000"],
@@ -131,7 +139,7 @@ def test_offline_mode_loads_from_the_cache_and_lists_it_when_missing(cache, sour
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert torch.equal(logits(REPO, revision="step2000"), logits(sources["step2000"]))
     with pytest.raises(ResolveError) as info:
-        GPTNeoX.from_pretrained(REPO, revision="step3000")
+        from_pretrained(REPO, revision="step3000")
     message = str(info.value)
     assert "EleutherAI/pythia-70m at revision 'step3000' is not in the cache" in message
     assert "HF_HUB_OFFLINE=1" in message
@@ -146,9 +154,9 @@ def test_an_unknown_revision_is_refused_with_the_nearest_ones_before_any_lookup(
     before = tree_state(root)
     with pytest.raises(ResolveError, match=r"step 1,001 is not a published checkpoint of EleutherAI/pythia-70m; "
                                            r"nearest: step1000, step2000, step512"):
-        GPTNeoX.from_pretrained(REPO, revision="step1001")
+        from_pretrained(REPO, revision="step1001")
     with pytest.raises(ResolveError, match=r"'step01000' is not a checkpoint name.*nearest: step1000"):
-        GPTNeoX.from_pretrained("pythia-70m", revision="step01000")
+        from_pretrained("pythia-70m", revision="step01000")
     for bad in ["../../../etc", "/abs", "refs//x", "a\\b"]:  # a revision never names a path outside refs/
         with pytest.raises(ResolveError, match=r"is not a revision name"):
             resolve(REPO, bad)
@@ -160,15 +168,15 @@ def test_a_known_issue_revision_warns(cache, sources):
     step1 = add_to_cache(root, REPO, folder_files(sources["main"]) | {"note": b"step1"}, ["step1"])
     with pytest.warns(KnownIssueWarning, match=r"EleutherAI/pythia-70m at step1 is on the known-issues list "
                                                r"\(early-steps-identical\).*github\.com/EleutherAI/pythia/issues/83"):
-        model = GPTNeoX.from_pretrained(REPO, revision="step1")
+        model = from_pretrained(REPO, revision="step1")
     assert model.provenance["known_issues"] == ["early-steps-identical"]
     # The same commit asked for by sha: the cached ref that points at it still triggers the warning.
     with pytest.warns(KnownIssueWarning, match=r"at step1 is on the known-issues list"):
-        GPTNeoX.from_pretrained(REPO, revision=step1)
+        from_pretrained(REPO, revision=step1)
     # A revision with no known issue loads silently.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        GPTNeoX.from_pretrained(REPO, revision="step1000")
+        from_pretrained(REPO, revision="step1000")
 
 
 def test_known_issues_are_per_repo(tmp_path, sources, monkeypatch):
@@ -189,7 +197,7 @@ def test_a_snapshot_missing_its_weights_is_reported(cache, sources, monkeypatch)
     only_config = add_to_cache(root, REPO, {"config.json": (sources["main"] / "config.json").read_bytes(),
                                             "tokenizer.json": b"{}"}, ["step4000"])
     with pytest.raises(ResolveError) as info:
-        GPTNeoX.from_pretrained(REPO, revision="step4000")
+        from_pretrained(REPO, revision="step4000")
     message = str(info.value)
     assert "snapshot of EleutherAI/pythia-70m at step4000" in message and only_config in message
     assert "no weights in" in message and "HF_HUB_OFFLINE=1" in message
@@ -197,25 +205,25 @@ def test_a_snapshot_missing_its_weights_is_reported(cache, sources, monkeypatch)
     snapshot = root / "models--EleutherAI--pythia-70m" / "snapshots" / shas["step2000"]
     os.unlink(os.path.realpath(snapshot / "model.safetensors"))
     with pytest.raises(ResolveError, match=r"step2000 .* cannot be loaded: no weights in"):
-        GPTNeoX.from_pretrained(REPO, revision="step2000")
+        from_pretrained(REPO, revision="step2000")
     states = {r.ref: r.problem for r in cached_revisions(REPO)}
     assert states["step1000"] is None and "no weights" in states["step2000"] and "no weights" in states["step4000"]
 
 
 def test_a_local_folder_is_used_as_is(cache, sources, tmp_path):
     assert resolve_model(sources["step1000"]) == sources["step1000"]
-    model = GPTNeoX.from_pretrained(str(sources["step1000"]))
+    model = from_pretrained(str(sources["step1000"]))
     assert model.provenance["source"] == "local" and "repo_id" not in model.provenance
     with pytest.raises(ResolveError, match=r"revision='step1000' applies to Hub names only"):
-        GPTNeoX.from_pretrained(sources["step1000"], revision="step1000")
+        from_pretrained(sources["step1000"], revision="step1000")
     with pytest.raises(CheckpointError, match=r"model folder .*nope does not exist"):
-        GPTNeoX.from_pretrained(tmp_path / "nope")
+        from_pretrained(tmp_path / "nope")
 
 
 def test_a_snapshot_folder_loaded_directly_knows_its_repo_and_commit(cache):
     root, shas = cache
     snapshot = root / "models--EleutherAI--pythia-70m" / "snapshots" / shas["step1000"]
-    p = GPTNeoX.from_pretrained(snapshot).provenance
+    p = from_pretrained(snapshot).provenance
     assert (p["source"], p["repo_id"], p["commit_sha"], p["refs"], p["step"]) == ("local", REPO, shas["step1000"],
                                                                                    ["step1000"], 1000)
 

@@ -8,14 +8,16 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_hf_checkpoint, random_ids, tiny
 from safetensors.torch import load_file, save_file
 
-from neox_mini import CheckpointError, ConfigError, GPTNeoX, NeoXConfig
-from neox_mini import checkpoint
+from neox_mini import CheckpointError, ConfigError, GPTNeoX, NeoXConfig, from_pretrained, synthetic
 from neox_mini.checkpoint import save_checkpoint
+from neox_mini.parity import TOLERANCES, difference
 
 CONFIG = NeoXConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=128,
                     max_position_embeddings=64)
@@ -23,7 +25,7 @@ IDS = torch.tensor([[1, 5, 9, 100, 127, 3]])
 
 
 def random_model(config=CONFIG, seed=0, dtype=torch.float32):
-    return checkpoint.random_model(config, seed, dtype)
+    return synthetic.random_model(config, seed, dtype)
 
 
 @pytest.fixture
@@ -40,13 +42,13 @@ def load_error(folder, error=CheckpointError, **kwargs):
     """Load, expect `error`, check the folder was not changed, return the message."""
     before = snapshot(folder)
     with pytest.raises(error) as info:
-        GPTNeoX.from_pretrained(folder, **kwargs)
+        from_pretrained(folder, **kwargs)
     assert snapshot(folder) == before, "a failed load changed the checkpoint folder"
     return str(info.value)
 
 
 def test_round_trip_gives_the_same_logits(folder):
-    model = GPTNeoX.from_pretrained(folder)
+    model = from_pretrained(folder)
     with torch.no_grad():
         assert torch.equal(model(IDS), random_model()(IDS))
     assert model.provenance["dtype"] == "float32"
@@ -61,12 +63,12 @@ def test_weights_stay_memory_mapped_without_a_copy(tmp_path):
     weight_bytes = os.path.getsize(tmp_path / "model.safetensors")
     script = f"""
 import torch
-from neox_mini import GPTNeoX, NeoXConfig
+from neox_mini import GPTNeoX, NeoXConfig, from_pretrained
 def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096
 with torch.device("meta"):  # warm-up: torch's one-off start-up allocations are not the weights
     GPTNeoX(NeoXConfig.from_hf({str(tmp_path)!r}))
 before = rss()
-model = GPTNeoX.from_pretrained({str(tmp_path)!r})
+model = from_pretrained({str(tmp_path)!r})
 loaded = rss()
 with torch.no_grad():
     model(torch.tensor([[1, 2, 3]]))
@@ -87,11 +89,31 @@ print(loaded - before, rss() - before)
 ])
 def test_dtype_default_is_stored_dtype_and_can_be_cast(tmp_path, stored, requested, expected):
     save_checkpoint(random_model(dtype=stored), tmp_path)
-    model = GPTNeoX.from_pretrained(tmp_path, dtype=requested)
+    model = from_pretrained(tmp_path, dtype=requested)
     assert {p.dtype for p in model.parameters()} == {expected}
     assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == str(stored)[6:]
     with torch.no_grad():
         assert torch.isfinite(model(IDS).float()).all()
+
+
+@pytest.mark.parametrize("weights", ["safetensors", "sharded", "bin"])
+def test_transformers_written_checkpoints_load_in_every_format(tmp_path, weights):
+    """A folder as transformers (or, for .bin, old Pythia revisions) writes it loads from the
+    expected files and gives transformers' logits."""
+    config = tiny()
+    reference = make_hf_checkpoint(config, tmp_path, weights=weights, seed=3)
+    ours = from_pretrained(tmp_path)
+    names = {Path(p).name for p in ours.provenance["files"]}
+    if weights == "bin":
+        assert names == {"pytorch_model.bin"}
+    elif weights == "sharded":
+        assert len(names) > 1 and all(n.startswith("model-") and n.endswith(".safetensors") for n in names)
+    else:
+        assert names == {"model.safetensors"}
+    ids = random_ids(config)
+    with torch.no_grad():
+        d = difference("logits", ours(ids), reference(ids).logits)
+    assert not d.over(TOLERANCES["float32"]), str(d)
 
 
 def test_sharded_safetensors_and_bin(tmp_path):
@@ -101,12 +123,12 @@ def test_sharded_safetensors_and_bin(tmp_path):
         files = save_checkpoint(reference, out, weights=weights, max_shard_bytes=40_000)
         assert len([f for f in files if "-of-" in f.name]) >= 3
         with torch.no_grad():
-            assert torch.equal(GPTNeoX.from_pretrained(out)(IDS), reference(IDS))
+            assert torch.equal(from_pretrained(out)(IDS), reference(IDS))
 
 
 def test_safetensors_preferred_over_bin(folder):
     torch.save(random_model(seed=1).state_dict(), folder / "pytorch_model.bin")
-    model = GPTNeoX.from_pretrained(folder)
+    model = from_pretrained(folder)
     assert list(model.provenance["files"]) == [str(folder / "model.safetensors")]
     with torch.no_grad():
         assert torch.equal(model(IDS), random_model(seed=0)(IDS))
@@ -122,7 +144,7 @@ def test_legacy_buffers_are_skipped_and_stored_inv_freq_is_not_used(folder):
         state[prefix + "rotary_emb.inv_freq"] = torch.full((CONFIG.rotary_ndims // 2,), 0.123, dtype=torch.float16)
     save_file(state, folder / "model.safetensors")
     with torch.no_grad():
-        assert torch.equal(GPTNeoX.from_pretrained(folder)(IDS), random_model()(IDS))
+        assert torch.equal(from_pretrained(folder)(IDS), random_model()(IDS))
 
 
 def test_truncated_safetensors(folder):
@@ -184,7 +206,7 @@ def test_unsupported_config_value(folder):
 
 def test_missing_folder(tmp_path):
     with pytest.raises(CheckpointError, match=r"model folder .*nope does not exist"):
-        GPTNeoX.from_pretrained(tmp_path / "nope")
+        from_pretrained(tmp_path / "nope")
 
 
 class RunsCode:
@@ -216,7 +238,7 @@ def test_truncated_bin(folder):
 
 
 def test_token_ids_out_of_range_and_too_long(folder):
-    model = GPTNeoX.from_pretrained(folder)
+    model = from_pretrained(folder)
     with pytest.raises(ValueError, match=r"token id 128 is out of range: this model has ids 0..127"):
         model(torch.tensor([[1, 128]]))
     with pytest.raises(ValueError, match=r"token id -1 is out of range"):

@@ -22,11 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from neox_mini import GPTNeoX, NeoXConfig
-from neox_mini.checkpoint import random_model, save_checkpoint
+from neox_mini.checkpoint import save_checkpoint
 from neox_mini.cli import main
-from neox_mini.parity import (TOLERANCES, channel_subset, compare_summary, load_reference, next_token_stats,
-                              save_reference, tensors_sha256)
-from reference import TOKENIZER_JSON
+from neox_mini.golden import channel_subset, load_reference, save_reference, tensors_sha256
+from neox_mini.parity import TOLERANCES, compare_summary, next_token_stats
+from neox_mini.synthetic import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
@@ -76,10 +76,10 @@ def run_without_transformers(tmp_path: Path, argvs: list[list[str]]) -> list[dic
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, tokenizer_json) -> Path:
     folder = tmp_path_factory.mktemp("parity") / "tiny"
     build_synthetic(folder, CONFIG, seed=3)
-    shutil.copyfile(TOKENIZER_JSON, folder / "tokenizer.json")  # so the built-in texts are used
+    shutil.copyfile(tokenizer_json, folder / "tokenizer.json")  # so the built-in texts are used
     return folder
 
 
@@ -163,7 +163,10 @@ def without_transformers(made_reference, checkpoint, tmp_path_factory) -> dict[s
         assert path.is_file(), f"{path} is missing: run python scripts/make_reference.py --golden"
         meta = load_reference(path).metadata
         recipe = json.loads(meta["synthetic_recipe"])
-        model = build_synthetic(tmp / name, NeoXConfig(**recipe["config"]), recipe["seed"])
+        # Files written before the config held only architecture also record dtype and name.
+        fields = {f.name for f in dataclasses.fields(NeoXConfig)}
+        config = NeoXConfig(**{k: v for k, v in recipe["config"].items() if k in fields})
+        model = build_synthetic(tmp / name, config, recipe["seed"])
         assert tensors_sha256(model.state_dict()) == meta["weights_sha256"], \
             f"{name}: the rebuilt checkpoint is not the one the golden file was made from"
         argvs[name] = ["parity", "--model", str(tmp / name), "--reference", str(path), "--json"]
@@ -363,13 +366,26 @@ def test_golden_fixtures_without_transformers(without_transformers):
         assert len(report["activations"]) == 4 + 3
 
 
-def test_save_reference_writes_atomically(tmp_path):
-    # save_reference writes atomically: the final name appears only once the file is complete.
+def test_save_reference_writes_atomically(tmp_path, monkeypatch):
+    """The final name appears only once the file is complete, and a write that fails halfway
+    leaves nothing behind: neither a partial file nor a temporary one."""
+    import safetensors.torch
+
     out = tmp_path / "r.safetensors"
     seqs = [torch.tensor([1, 2, 3])]
     acts = {"gpt_neox.embed_in": torch.randn(3, 8), "gpt_neox.final_layer_norm": torch.randn(3, 8)}
+
+    def fail_halfway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        save_reference(out, seqs, torch.randn(3, 20), acts, {"config": "{}"}, top_k=5)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
     save_reference(out, seqs, torch.randn(3, 20), acts, {"config": "{}"}, top_k=5)
-    assert out.is_file() and not (tmp_path / "r.safetensors.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["r.safetensors"]
 
 
 # ----------------------------------------------------------------------------- the sweep script

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neox_mini import GPTNeoX, NeoXConfig, generate
+from neox_mini import NeoXConfig, from_pretrained, generate
 from neox_mini.checkpoint import WEIGHT_FILES
 from neox_mini.parity import TOLERANCES, run_parity
 from neox_mini.tokenizer import Tokenizer
@@ -109,7 +109,7 @@ def test_gelu_tanh_vs_erf_on_real_weights(name):
                     + NOT_FOUND)
 def test_pythia_410m_deduped_greedy_generation_matches_transformers_integration_test():
     folder = MODELS["pythia-410m-deduped"]
-    model = GPTNeoX.from_pretrained(folder, dtype="fp32")  # transformers' test runs in fp32
+    model = from_pretrained(folder, dtype="fp32")  # transformers' test runs in fp32
     tokenizer = Tokenizer(folder)
     ids = torch.tensor([tokenizer.encode(PROMPT)])
     assert ids.tolist() == [[3220, 7583, 2739, 310]]

@@ -6,11 +6,10 @@ import random
 
 import pytest
 import torch
+from helpers import hf_pair
 
-from neox_mini import GPTNeoX, NeoXConfig
+from neox_mini import NeoXConfig
 from neox_mini.scoring import score_ids, score_text, token_logprobs, window_spans
-from neox_mini.tokenizer import Tokenizer
-from reference import TOKENIZER_JSON, make_hf_checkpoint
 
 # The real padded vocabulary (so real text can be scored) at a tiny width, with a short context so
 # that a short text already needs many windows.
@@ -27,15 +26,13 @@ def sample_text(n_words: int, seed: int = 0) -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("score")
-    reference = make_hf_checkpoint(CONFIG, folder)
-    return reference, GPTNeoX.from_pretrained(folder)
+def pair():
+    return hf_pair(CONFIG)
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return Tokenizer(TOKENIZER_JSON)
+def tok(tokenizer):
+    return tokenizer
 
 
 def hf_nll(reference, ids, spans):

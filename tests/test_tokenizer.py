@@ -5,13 +5,13 @@ import shutil
 
 import pytest
 
+from neox_mini import MissingTokenizerError, NeoxMiniError, TokenizerError
 from neox_mini.tokenizer import BOS_ID, EOS_ID, PAD_ID, REPLACEMENT_CHAR, Tokenizer
-from reference import TOKENIZER_JSON
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return Tokenizer(TOKENIZER_JSON)
+def tok(tokenizer):
+    return tokenizer
 
 
 # Ids checked against transformers' GPTNeoXTokenizerFast (see shared/tokenizer/.../SOURCE.md).
@@ -46,10 +46,10 @@ def test_runs_of_spaces_are_single_tokens(tok):
         assert tok.encode(" " * n) == [50278 - n], n
 
 
-def test_same_ids_as_transformers(tok):
+def test_same_ids_as_transformers(tok, tokenizer_json):
     from transformers import PreTrainedTokenizerFast
 
-    ref = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON))
+    ref = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json))
     text = "Ünïcödé 中文 🤗 tabs\tand\n\nnewlines    spaces <s> 1234567 \u0645\u0631\u062d\u0628\u0627"
     assert tok.encode(text) == ref(text, add_special_tokens=False)["input_ids"]
 
@@ -66,14 +66,15 @@ def test_encode_needs_text(tok):
 
 
 def test_missing_tokenizer_says_where_it_looked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"no tokenizer.json: looked for {tmp_path / 'tokenizer.json'}"):
+    assert issubclass(MissingTokenizerError, FileNotFoundError) and issubclass(TokenizerError, NeoxMiniError)
+    with pytest.raises(MissingTokenizerError, match=f"no tokenizer.json: looked for {tmp_path / 'tokenizer.json'}"):
         Tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match=f"looked for {tmp_path / 'nope.json'}"):
         Tokenizer(tmp_path / "nope.json")
 
 
-def test_folder_and_file_paths_and_corrupt_file(tmp_path):
-    shutil.copyfile(TOKENIZER_JSON, tmp_path / "tokenizer.json")
+def test_folder_and_file_paths_and_corrupt_file(tmp_path, tokenizer_json):
+    shutil.copyfile(tokenizer_json, tmp_path / "tokenizer.json")
     assert Tokenizer(tmp_path).encode("Hello, I am") == KNOWN["Hello, I am"]
     bad = tmp_path / "bad" / "tokenizer.json"
     bad.parent.mkdir()

@@ -25,16 +25,14 @@ import torch
 
 from . import fast
 from .model import GPTNeoX, check_token_ids
+from .pythia import TOKENIZER_VOCAB_SIZE
 from .tokenizer import EOS_ID, PAD_ID, Tokenizer
-
-# The GPT-NeoX-20B tokenizer has 50,277 ids; every Pythia embedding has more rows (50,304 / 50,432 /
-# 50,688), padded for tensor-parallel training. Those extra rows were never a training target, but
-# their logits are not -inf, so a sampler must exclude them explicitly.
-TOKENIZER_VOCAB_SIZE = 50277
 
 
 def default_vocab_limit(model: GPTNeoX) -> int:
-    """Ids >= this are never generated: the tokenizer's 50,277, or fewer for a smaller test model."""
+    """Ids >= this are never generated: the tokenizer's 50,277, or fewer for a smaller test model.
+    The padded rows above 50,277 were never a training target, but their logits are not -inf, so a
+    sampler must exclude them explicitly."""
     return min(model.config.vocab_size, TOKENIZER_VOCAB_SIZE)
 
 

@@ -1,14 +1,92 @@
-"""The 154-checkpoint schedule, step <-> tokens, revision-name checking, the known-issues list and
-`neox-mini revisions`."""
+"""Every Pythia fact (neox_mini/pythia.py): names, the 154-checkpoint schedule, step <-> tokens,
+revision-name checking, the known-issues list, and `neox-mini revisions`."""
 
 import re
-import subprocess
 
 import pytest
 
-from neox_mini.hub import known_issues
-from neox_mini.revisions import (FINAL_STEP, REVISIONS, STEPS, TOKENS_PER_STEP, RevisionError, check_revision,
-                                 has_schedule, nearest_revisions, revision_step, step_to_tokens, tokens_to_step)
+from neox_mini import ConfigError, NeoXConfig, ResolveError, UnknownModelError
+from neox_mini.hub import hub_repo_id
+from neox_mini.pythia import (
+    FINAL_STEP,
+    REVISIONS,
+    STEPS,
+    TOKENS_PER_STEP,
+    RevisionError,
+    check_revision,
+    has_schedule,
+    known_issues,
+    nearest_revisions,
+    parse_name,
+    revision_step,
+    step_to_tokens,
+    table,
+    tokens_to_step,
+)
+
+# ----------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("name, row, repo_id", [
+    ("pythia-160m", "pythia-160m", "EleutherAI/pythia-160m"),
+    ("160m", "pythia-160m", "EleutherAI/pythia-160m"),
+    ("EleutherAI/pythia-160m", "pythia-160m", "EleutherAI/pythia-160m"),
+    ("eleutherai/Pythia-160M-Deduped", "pythia-160m", "EleutherAI/pythia-160m-deduped"),
+    ("1.4B-Deduped", "pythia-1.4b", "EleutherAI/pythia-1.4b-deduped"),
+    ("PYTHIA-1.4B", "pythia-1.4b", "EleutherAI/pythia-1.4b"),
+    ("pythia-410m-v0", "pythia-410m", "EleutherAI/pythia-410m-v0"),
+    ("pythia-160m-deduped-v0", "pythia-160m", "EleutherAI/pythia-160m-deduped-v0"),
+    ("pythia-12b", "pythia-12b", "EleutherAI/pythia-12b"),
+    # The PolyPythias seed runs: pythia-{14m..410m}-seed{1..9}, pythia-160m-{data,weight}-seed{1..3}
+    ("pythia-14m-seed1", "pythia-14m", "EleutherAI/pythia-14m-seed1"),
+    ("EleutherAI/pythia-410m-seed9", "pythia-410m", "EleutherAI/pythia-410m-seed9"),
+    ("pythia-160m-data-seed3", "pythia-160m", "EleutherAI/pythia-160m-data-seed3"),
+    ("pythia-160m-weight-seed2", "pythia-160m", "EleutherAI/pythia-160m-weight-seed2"),
+])
+def test_one_parser_for_config_and_hub_names(name, row, repo_id):
+    assert parse_name(name).row == row and parse_name(name).repo_id == repo_id
+    # NeoXConfig.from_pythia and from_pretrained's name resolution accept exactly these names.
+    assert NeoXConfig.from_pythia(name) == NeoXConfig.from_pythia(row)
+    assert hub_repo_id(name) == repo_id
+
+
+@pytest.mark.parametrize("name, message", [
+    ("pythia-7b", r"'pythia-7b' is not a Pythia model; sizes are: 14m, 31m, 70m, .*, 12b"),
+    ("pythia-999m", r"'pythia-999m' is not a Pythia model; sizes are: 14m, 31m, 70m"),
+    ("pythia-1.3b", r"pre-2023 name of pythia-1.4b: use pythia-1.4b .* or pythia-1.4b-v0"),
+    ("pythia-125m", r"pre-2023 name of pythia-160m"),
+    ("13b-deduped", r"pre-2023 name of pythia-12b"),
+    ("pythia-1b-seed1", r"the seed runs of pythia-1b are: none"),
+    ("pythia-70m-seed10", r"the seed runs of pythia-70m are: pythia-70m-seed1, .*pythia-70m-seed9"),
+    ("pythia-70m-data-seed1", r"'pythia-70m-data-seed1' is not a Pythia model"),
+    ("pythia-160m-seed1-v0", r"is not a Pythia model"),
+])
+def test_config_and_hub_refuse_the_same_names_with_the_same_message(name, message):
+    for load in (NeoXConfig.from_pythia, hub_repo_id):
+        with pytest.raises(UnknownModelError, match=message):
+            load(name)
+    assert issubclass(UnknownModelError, ConfigError) and issubclass(UnknownModelError, ResolveError)
+
+
+def test_other_repos_of_the_organisation_go_to_the_hub_as_they_are():
+    """A full repo id that is not in the suite is not second-guessed (EleutherAI has fine-tunes and
+    ablations too; the Hub says whether it exists), but it has no row in the Pythia table."""
+    for name in ("EleutherAI/pythia-160m-alldropout", "EleutherAI/pythia-13b-deduped"):
+        assert hub_repo_id(name) == name
+        with pytest.raises(UnknownModelError):
+            NeoXConfig.from_pythia(name)
+
+
+def test_seed_runs_are_listed_where_they_exist():
+    runs = {name: row["seed_runs"] for name, row in table().items()}
+    for size in ("14m", "31m", "70m", "160m", "410m"):
+        assert [r for r in runs[f"pythia-{size}"] if r.startswith("seed")] == [f"seed{i}" for i in range(1, 10)]
+    assert [r for r in runs["pythia-160m"] if not r.startswith("seed")] == \
+        ["data-seed1", "data-seed2", "data-seed3", "weight-seed1", "weight-seed2", "weight-seed3"]
+    assert all(runs[f"pythia-{size}"] == [] for size in ("1b", "1.4b", "2.8b", "6.9b", "12b"))
+
+
+# ----------------------------------------------------------------------------- the schedule
 
 
 def test_the_schedule_has_154_checkpoints():
@@ -85,6 +163,7 @@ def test_valid_names_and_other_revisions_pass():
 def test_has_schedule():
     for size in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"):
         assert has_schedule(f"EleutherAI/pythia-{size}") and has_schedule(f"EleutherAI/pythia-{size}-deduped")
+    assert has_schedule("EleutherAI/pythia-70m-seed3") and has_schedule("EleutherAI/pythia-160m-data-seed1")
     assert not has_schedule("EleutherAI/pythia-160m-v0")
     assert not has_schedule("EleutherAI/pythia-125m")
     assert not has_schedule("someone/pythia-160m")
@@ -126,9 +205,11 @@ def test_known_issues_are_well_formed_and_cite_their_sources():
 # ----------------------------------------------------------------------------- the CLI
 
 
-def test_cli_revisions_prints_the_154_checkpoints():
-    out = subprocess.run(["neox-mini", "revisions"], capture_output=True, text=True, check=True).stdout
-    lines = out.splitlines()
+def test_cli_revisions_prints_the_154_checkpoints(capsys):
+    from neox_mini.cli import main
+
+    assert main(["revisions"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 154
     for line, revision in zip(lines, REVISIONS):
         name, step, tokens = line.split()[:3]

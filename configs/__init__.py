@@ -1,1 +1,0 @@
-"""The Pythia configuration table (`pythia.toml`), installed as the package `neox_mini.configs`."""

@@ -1,0 +1,76 @@
+"""from_pretrained: a checkpoint folder or a Hub name -> a ready GPTNeoX.
+
+    from_pretrained("/data/pythia-160m")                     a folder (config.json + weights)
+    from_pretrained("pythia-160m", revision="step3000")      a Hub name, through the HF cache
+
+The model is built on the meta device (no memory, no random init), the weights are memory-mapped
+(safetensors pages are read from disk only when first touched), and `load_state_dict(assign=True)`
+makes the mapped tensors the model's parameters: no second copy, unless a dtype cast is asked for.
+
+This is application code around the textbook: model.py knows nothing of files or the Hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import read_state_dict, to_torch_dtype
+from .config import NeoXConfig
+from .errors import CheckpointError
+from .hub import resolve
+from .model import GPTNeoX, RotaryEmbedding
+
+
+def from_pretrained(name_or_path: str | Path, revision: str | None = None, *,
+                    dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
+                    gelu: str | None = None) -> GPTNeoX:
+    """Load a checkpoint folder (config.json + safetensors or .bin weights), or a Hub name such as
+    "EleutherAI/pythia-160m" / "pythia-160m" at a revision ("step3000", a commit sha; default
+    "main") through the Hugging Face cache (see hub.py).
+
+    dtype   fp32 / bf16 / fp16 (or a torch.dtype); default: the dtype the weights are stored in.
+    gelu    "erf" (transformers' exact GELU, the default for Pythia) or "tanh" (NeoX training's).
+    The result's `provenance` says what was loaded from where (path, files, dtypes, Hub repo,
+    revision, commit, step, tokens seen, known issues)."""
+    resolved = resolve(name_or_path, revision)
+    return load_folder(resolved.path, dtype=dtype, device=device, gelu=gelu, provenance=resolved.provenance)
+
+
+def load_folder(path: str | Path, *, dtype: torch.dtype | str | None = None,
+                device: torch.device | str = "cpu", gelu: str | None = None,
+                provenance: dict | None = None) -> GPTNeoX:
+    """Build a GPTNeoX from a checkpoint folder. dtype defaults to the dtype the weights are stored in."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder {folder} does not exist" if not folder.exists()
+                              else f"{folder} is not a folder (expected config.json + weights)")
+    config = NeoXConfig.from_hf(folder)
+    if gelu is not None:
+        config = config.replace(gelu=gelu)
+    dtype = to_torch_dtype(dtype)
+
+    with torch.device("meta"):
+        model = GPTNeoX(config)  # shapes only: no memory, no random initialisation
+    expected = {name: t.shape for name, t in model.state_dict().items()}
+    state, files = read_state_dict(folder, expected)
+
+    stored_dtype = state["gpt_neox.embed_in.weight"].dtype
+    target = dtype or stored_dtype
+    # .to() is a no-op (same storage, still memory-mapped) when dtype and device already match.
+    state = {name: t.to(device=device, dtype=target) for name, t in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    # The rotary tables are derived from the config, not loaded: build them on the target device
+    # (they were created on the CPU along with the meta-device model).
+    model.rotary = RotaryEmbedding(config, device=device)
+    model.eval()
+    model.provenance = {
+        "path": str(folder.resolve()),
+        "files": {f: os.path.getsize(f) for f in files},
+        "stored_dtype": str(stored_dtype).removeprefix("torch."),
+        "dtype": str(target).removeprefix("torch."),
+        **(provenance or {}),
+    }
+    return model
