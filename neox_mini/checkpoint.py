@@ -29,8 +29,12 @@ from .errors import CheckpointError
 LEGACY_BUFFER_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".attention.rotary_emb.inv_freq")
 
 # Weight files in order of preference: safetensors before pickles, sharded index before single file.
-WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors",
-                "pytorch_model.bin.index.json", "pytorch_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
 
 
 def to_torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -57,8 +61,9 @@ def find_weight_files(folder: Path) -> tuple[str, list[Path]]:
             raise CheckpointError(f"{path} lists shard(s) that are not in {folder}: {', '.join(missing)}")
         return kind, [folder / s for s in shards]
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}; "
-                          f"found {present or 'nothing'}")
+    raise CheckpointError(
+        f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}; found {present or 'nothing'}"
+    )
 
 
 def shard_names(index: Path) -> list[str]:
@@ -79,8 +84,9 @@ def iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             for name in f.keys():
                 yield name, f.get_tensor(name)
     except SafetensorError as e:
-        raise CheckpointError(f"{path} ({size:,} bytes) is not a valid safetensors file: {e} "
-                              f"(truncated or corrupt download?)") from None
+        raise CheckpointError(
+            f"{path} ({size:,} bytes) is not a valid safetensors file: {e} (truncated or corrupt download?)"
+        ) from None
 
 
 def iter_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -95,13 +101,16 @@ def iter_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             # Files written before torch 1.6's zip format cannot be memory-mapped: read them whole.
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} is not a plain-weights pickle (refused by torch.load("
-                              f"weights_only=True)): {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path} is not a plain-weights pickle (refused by torch.load(weights_only=True)): {str(e).splitlines()[0]}"
+        ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {e} "
-                              f"(truncated or corrupt download?)") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint: {e} (truncated or corrupt download?)"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise CheckpointError(f"{path} is not a state dict of named tensors (got {type(state).__name__})")
     yield from state.items()
 
@@ -120,8 +129,10 @@ def read_state_dict(folder: Path, expected: dict[str, torch.Size]) -> tuple[dict
             if name not in expected:
                 unexpected.append(f"{name} (in {path.name})")
             elif tensor.shape != expected[name]:
-                misshaped.append(f"{name}: checkpoint has {list(tensor.shape)}, "
-                                 f"the config needs {list(expected[name])} (in {path.name})")
+                misshaped.append(
+                    f"{name}: checkpoint has {list(tensor.shape)}, "
+                    f"the config needs {list(expected[name])} (in {path.name})"
+                )
             else:
                 state[name] = tensor
     missing = sorted(set(expected) - set(state) - {m.split(":")[0] for m in misshaped})
@@ -160,8 +171,9 @@ SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F
 # ----------------------------------------------------------------------------- writing checkpoints
 
 
-def save_checkpoint(model, folder: str | Path, *, weights: str = "safetensors",
-                    max_shard_bytes: int | None = None) -> list[Path]:
+def save_checkpoint(
+    model, folder: str | Path, *, weights: str = "safetensors", max_shard_bytes: int | None = None
+) -> list[Path]:
     """Write model in the Hugging Face folder layout: config.json (original Pythia style) plus
     model.safetensors / pytorch_model.bin, or shards + index when max_shard_bytes is given.
     Returns the files written."""
@@ -187,6 +199,7 @@ def save_checkpoint(model, folder: str | Path, *, weights: str = "safetensors",
     def write(tensors: dict[str, torch.Tensor], path: Path) -> None:
         if weights == "safetensors":
             from safetensors.torch import save_file
+
             save_file(tensors, str(path), metadata={"format": "pt"})
         else:
             torch.save(tensors, path)
@@ -202,7 +215,9 @@ def save_checkpoint(model, folder: str | Path, *, weights: str = "safetensors",
         write(shard, folder / shard_name)
         written.append(folder / shard_name)
         weight_map.update({name: shard_name for name in shard})
-    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-             "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+        "weight_map": weight_map,
+    }
     (folder / f"{base}.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return written + [folder / f"{base}.index.json"]

@@ -15,23 +15,35 @@ DEFAULT_MODEL = "EleutherAI/pythia-14m"
 # Options every subcommand accepts after its name. `--debug` is also accepted before the subcommand
 # (build_parser); SUPPRESS keeps a subparser's default from overwriting the value given there.
 COMMON = argparse.ArgumentParser(add_help=False)
-COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                    help="show the full traceback on errors")
+COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
 
 
-def add_model_options(p: argparse.ArgumentParser, dtype_help: str, *, model_default: str | None = DEFAULT_MODEL,
-                      model_help: str = f"(default {DEFAULT_MODEL})", dtype_default: str | None = None,
-                      device_default: str | None = None,
-                      device_help: str = "(default: cuda when available, else cpu)", tokenizer: bool = True) -> None:
+def add_model_options(
+    p: argparse.ArgumentParser,
+    dtype_help: str,
+    *,
+    model_default: str | None = DEFAULT_MODEL,
+    model_help: str = f"(default {DEFAULT_MODEL})",
+    dtype_default: str | None = None,
+    device_default: str | None = None,
+    device_help: str = "(default: cuda when available, else cpu)",
+    tokenizer: bool = True,
+) -> None:
     """--model, --revision, --dtype, --device (and --tokenizer): the options of every model command."""
-    p.add_argument("--model", default=model_default,
-                   help=f"checkpoint folder, or a Hub name such as EleutherAI/pythia-160m {model_help}")
+    p.add_argument(
+        "--model",
+        default=model_default,
+        help=f"checkpoint folder, or a Hub name such as EleutherAI/pythia-160m {model_help}",
+    )
     p.add_argument("--revision", help="Hub revision: branch, tag such as step3000, or commit sha")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=dtype_default, help=dtype_help)
     p.add_argument("--device", default=device_default, help=f"cpu, cuda, cuda:1, ... {device_help}")
     if tokenizer:
-        p.add_argument("--tokenizer", metavar="PATH",
-                       help="tokenizer.json, or a folder holding it (default: the one in the model folder)")
+        p.add_argument(
+            "--tokenizer",
+            metavar="PATH",
+            help="tokenizer.json, or a folder holding it (default: the one in the model folder)",
+        )
 
 
 def positive_int(text: str) -> int:
@@ -83,27 +95,51 @@ examples:
 
 
 def add_generate_parser(sub) -> None:
-    p = sub.add_parser("generate", parents=[COMMON], help="generate text from a prompt (streamed)",
-                       description="Generate a continuation of PROMPT and stream it to stdout.",
-                       epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "generate",
+        parents=[COMMON],
+        help="generate text from a prompt (streamed)",
+        description="Generate a continuation of PROMPT and stream it to stdout.",
+        epilog=GENERATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from stdin)")
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
-    p.add_argument("-n", "--max-new-tokens", type=non_negative_int, default=100, metavar="N",
-                   help="tokens to generate at most (default 100)")
+    p.add_argument(
+        "-n",
+        "--max-new-tokens",
+        type=non_negative_int,
+        default=100,
+        metavar="N",
+        help="tokens to generate at most (default 100)",
+    )
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     p.add_argument("--top-k", type=positive_int, default=200, help="sample from the k likeliest tokens (default 200)")
     p.add_argument("--top-p", type=float, help="sample from the smallest set of tokens holding this much probability")
     p.add_argument("--seed", type=int, help="seed for sampling: the same seed gives the same text")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest token (temperature 0)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="> 1 discourages tokens already in the text (CTRL-style; default 1 = off)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop when this text is produced (repeatable; backslash escapes such as \\n work)")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 discourages tokens already in the text (CTRL-style; default 1 = off)",
+    )
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop when this text is produced (repeatable; backslash escapes such as \\n work)",
+    )
     p.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|>")
-    p.add_argument("--bos", action="store_true", help="prepend <|endoftext|> (id 0) to the prompt; "
-                                                     "Pythia adds none by default")
-    p.add_argument("--truncate", action="store_true",
-                   help="if prompt + N exceeds the context, keep the prompt's last tokens instead of failing")
+    p.add_argument(
+        "--bos", action="store_true", help="prepend <|endoftext|> (id 0) to the prompt; Pythia adds none by default"
+    )
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="if prompt + N exceeds the context, keep the prompt's last tokens instead of failing",
+    )
     p.set_defaults(func=cmd_generate)
 
 
@@ -122,10 +158,14 @@ def cmd_generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if prompt == "" and not args.bos:
         raise ValueError("the prompt is empty: give some text, or --bos to start from <|endoftext|>")
-    sampling = dict(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    seed=args.seed, repetition_penalty=args.repetition_penalty)
-    check_sampling_args(args.max_new_tokens, sampling["temperature"], args.top_k, args.top_p,
-                        args.repetition_penalty)
+    sampling = dict(
+        temperature=0.0 if args.greedy else args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
+    )
+    check_sampling_args(args.max_new_tokens, sampling["temperature"], args.top_k, args.top_p, args.repetition_penalty)
     stops = [unescape(s) for s in args.stop]
     if "" in stops:
         raise ValueError("--stop needs a non-empty text")
@@ -137,19 +177,22 @@ def cmd_generate(args) -> int:
     context, n = model.config.max_position_embeddings, args.max_new_tokens
     if len(ids) + n > context:
         if not args.truncate:
-            raise ValueError(f"the prompt is {len(ids)} tokens; with -n {n} that is {len(ids) + n} > the "
-                             f"context length {context}: shorten the prompt, lower -n, or pass --truncate")
+            raise ValueError(
+                f"the prompt is {len(ids)} tokens; with -n {n} that is {len(ids) + n} > the "
+                f"context length {context}: shorten the prompt, lower -n, or pass --truncate"
+            )
         if n >= context:
             raise ValueError(f"-n {n} leaves no room for the prompt in the context length {context}")
         print(f"note: prompt truncated from {len(ids)} to its last {context - n} tokens", file=sys.stderr)
-        ids = ids[len(ids) - (context - n):]
+        ids = ids[len(ids) - (context - n) :]
         echo_from = 0  # a --bos token was cut off with the start of the prompt
 
     # Echo the prompt as the tokenizer reads it (what a one-shot decode of prompt + output shows),
     # without a --bos token.
     print(tokenizer.decode(ids[echo_from:]), end="", flush=True)
-    for piece in stream_text(model, tokenizer, ids, n, stop=stops,
-                             eos_id=None if args.ignore_eos else EOS_ID, **sampling):
+    for piece in stream_text(
+        model, tokenizer, ids, n, stop=stops, eos_id=None if args.ignore_eos else EOS_ID, **sampling
+    ):
         print(piece, end="", flush=True)
     print()
     return 0
@@ -168,9 +211,14 @@ examples:
 
 
 def add_score_parser(sub) -> None:
-    p = sub.add_parser("score", parents=[COMMON], help="perplexity and bits per byte of a text file",
-                       description="Perplexity, tokens scored and bits per byte of a UTF-8 text file.",
-                       epilog=SCORE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "score",
+        parents=[COMMON],
+        help="perplexity and bits per byte of a text file",
+        description="Perplexity, tokens scored and bits per byte of a UTF-8 text file.",
+        epilog=SCORE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
     p.add_argument("--window", type=positive_int, help="tokens per forward pass (default: the context length)")
@@ -189,8 +237,9 @@ def read_text_file(path: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} "
-                         f"is invalid ({e.reason})") from None
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} is invalid ({e.reason})"
+        ) from None
     if not text:
         raise ValueError(f"{path} is empty: nothing to score")
     return text
@@ -205,9 +254,17 @@ def cmd_score(args) -> int:
     model = model_from_args(args)
     tokenizer = tokenizer_from_args(args, model)
     s = score_text(model, tokenizer, text, window=args.window, stride=args.stride)
-    numbers = {"file": args.file, "tokens": s.tokens, "bytes": s.bytes, "nll_per_token": s.mean_nll,
-               "perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte, "window": s.window,
-               "stride": s.stride, "windows": s.windows}
+    numbers = {
+        "file": args.file,
+        "tokens": s.tokens,
+        "bytes": s.bytes,
+        "nll_per_token": s.mean_nll,
+        "perplexity": s.perplexity,
+        "bits_per_byte": s.bits_per_byte,
+        "window": s.window,
+        "stride": s.stride,
+        "windows": s.windows,
+    }
     if args.json:
         print(json.dumps(numbers))
         return 0
@@ -227,11 +284,16 @@ examples:
 
 
 def add_info_parser(sub) -> None:
-    p = sub.add_parser("info", parents=[COMMON], help="what a checkpoint holds: config, params, dtypes, files, memory",
-                       description="Where the model came from, its config, total and non-embedding parameters "
-                                   "(checked against the Pythia table), stored dtypes, files and bytes, and "
-                                   "the memory it needs per dtype.",
-                       epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "info",
+        parents=[COMMON],
+        help="what a checkpoint holds: config, params, dtypes, files, memory",
+        description="Where the model came from, its config, total and non-embedding parameters "
+        "(checked against the Pythia table), stored dtypes, files and bytes, and "
+        "the memory it needs per dtype.",
+        epilog=INFO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_options(p, "dtype to load in (default: the stored one)")
     p.set_defaults(func=cmd_info)
 
@@ -265,8 +327,10 @@ def cmd_info(args) -> int:
     else:
         want = pythia.table()[row]
         ok = total == want["params_total"] and total - embedding == want["params_non_embedding"]
-        print(f"  Pythia table             {row}: {want['params_total']:,} total, "
-              f"{want['params_non_embedding']:,} non-embedding: {'match' if ok else 'MISMATCH'}")
+        print(
+            f"  Pythia table             {row}: {want['params_total']:,} total, "
+            f"{want['params_non_embedding']:,} non-embedding: {'match' if ok else 'MISMATCH'}"
+        )
 
     files = model.provenance["files"]
     print("stored dtypes (tensors)  " + ", ".join(f"{d}: {n}" for d, n in stored_dtypes(list(files)).items()))
@@ -286,25 +350,56 @@ def cmd_info(args) -> int:
 
 
 def add_configs_parser(sub) -> None:
-    p = sub.add_parser("configs", parents=[COMMON], help="the Pythia table (sizes, params, training hyper-parameters)",
-                       description="The Pythia suite as in neox_mini/pythia.toml (batch size and learning "
-                                   "rate as in the model card) and the seed runs of each size.",
-                       epilog="example:\n  neox-mini configs", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "configs",
+        parents=[COMMON],
+        help="the Pythia table (sizes, params, training hyper-parameters)",
+        description="The Pythia suite as in neox_mini/pythia.toml (batch size and learning "
+        "rate as in the model card) and the seed runs of each size.",
+        epilog="example:\n  neox-mini configs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=cmd_configs)
 
 
 def cmd_configs(args) -> int:
     from . import pythia  # stdlib only: no torch import for this command
 
-    header = ("name", "layers", "d_model", "heads", "non-embedding", "total", "vocab", "batch (tokens)", "lr",
-              "seed runs")
-    rows = [(name, r["num_layers"], r["hidden_size"], r["num_heads"], f"{r['params_non_embedding']:,}",
-             f"{r['params_total']:,}", r["vocab_size"], f"{r['batch_size_tokens']:,}", f"{r['learning_rate']:.1e}",
-             seed_runs_summary(r["seed_runs"]))
-            for name, r in pythia.table().items()]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    header = (
+        "name",
+        "layers",
+        "d_model",
+        "heads",
+        "non-embedding",
+        "total",
+        "vocab",
+        "batch (tokens)",
+        "lr",
+        "seed runs",
+    )
+    rows = [
+        (
+            name,
+            r["num_layers"],
+            r["hidden_size"],
+            r["num_heads"],
+            f"{r['params_non_embedding']:,}",
+            f"{r['params_total']:,}",
+            r["vocab_size"],
+            f"{r['batch_size_tokens']:,}",
+            f"{r['learning_rate']:.1e}",
+            seed_runs_summary(r["seed_runs"]),
+        )
+        for name, r in pythia.table().items()
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
     for line in (header, *rows):
-        print("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(line, widths))))
+        print(
+            "  ".join(
+                str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                for i, (x, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
     return 0
 
 
@@ -313,7 +408,7 @@ def seed_runs_summary(runs: list[str]) -> str:
     groups: dict[str, list[int]] = {}
     for run in runs:
         stem = run.rstrip("0123456789")
-        groups.setdefault(stem, []).append(int(run[len(stem):]))
+        groups.setdefault(stem, []).append(int(run[len(stem) :]))
     return ", ".join(f"{stem}{min(n)}-{max(n)}" if len(n) > 1 else f"{stem}{n[0]}" for stem, n in groups.items()) or "-"
 
 
@@ -329,13 +424,21 @@ Short names: pythia-160m, 160m, pythia-160m-deduped, 160m-deduped, pythia-70m-se
 
 
 def add_revisions_parser(sub) -> None:
-    p = sub.add_parser("revisions", parents=[COMMON], help="the 154 Pythia training checkpoints (step <-> tokens)",
-                       description="List the checkpoints every Pythia model has as a Hub branch, or, with "
-                                   "--cached, the revisions of one model already in the Hugging Face cache.",
-                       epilog=REVISIONS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cached", metavar="MODEL",
-                   help="a Hub name (EleutherAI/pythia-160m, pythia-160m): list its revisions in the cache, "
-                        "with commit, state and known issues")
+    p = sub.add_parser(
+        "revisions",
+        parents=[COMMON],
+        help="the 154 Pythia training checkpoints (step <-> tokens)",
+        description="List the checkpoints every Pythia model has as a Hub branch, or, with "
+        "--cached, the revisions of one model already in the Hugging Face cache.",
+        epilog=REVISIONS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--cached",
+        metavar="MODEL",
+        help="a Hub name (EleutherAI/pythia-160m, pythia-160m): list its revisions in the cache, "
+        "with commit, state and known issues",
+    )
     p.set_defaults(func=cmd_revisions)
 
 
@@ -343,8 +446,11 @@ def cmd_revisions(args) -> int:
     from .pythia import FINAL_STEP, REVISIONS, known_issues_for, revision_step, step_to_tokens  # stdlib only
 
     if args.cached is None:
-        lines = [f"{name:<11} {revision_step(name):>8,} {step_to_tokens(revision_step(name)):>16,} tokens"
-                 + ("  (= main)" if revision_step(name) == FINAL_STEP else "") for name in REVISIONS]
+        lines = [
+            f"{name:<11} {revision_step(name):>8,} {step_to_tokens(revision_step(name)):>16,} tokens"
+            + ("  (= main)" if revision_step(name) == FINAL_STEP else "")
+            for name in REVISIONS
+        ]
         sys.stdout.write("\n".join(lines) + "\n")
         return 0
 
@@ -353,16 +459,19 @@ def cmd_revisions(args) -> int:
 
     repo_id = hub_repo_id(args.cached)
     if repo_id is None:
-        raise ResolveError(f"--cached takes a Hub name such as EleutherAI/pythia-160m or pythia-160m, "
-                           f"not {args.cached!r}")
+        raise ResolveError(
+            f"--cached takes a Hub name such as EleutherAI/pythia-160m or pythia-160m, not {args.cached!r}"
+        )
     revisions = cached_revisions(repo_id)
     for r in revisions:
         step = revision_step(r.ref) if r.ref else None
         tokens = f"{step_to_tokens(step):,} tokens" if step is not None else ""
         issues = [i["id"] for i in known_issues_for(repo_id, [r.ref])] if r.ref else []
         state = "complete" if r.problem is None else f"INCOMPLETE: {r.problem}"
-        print(f"{r.ref or '(no ref)':<11} {'' if step is None else f'{step:,}':>8} {tokens:>23}  {r.commit[:12]}  "
-              f"{state}" + (f"  KNOWN ISSUE: {', '.join(issues)}" if issues else ""))
+        print(
+            f"{r.ref or '(no ref)':<11} {'' if step is None else f'{step:,}':>8} {tokens:>23}  {r.commit[:12]}  "
+            f"{state}" + (f"  KNOWN ISSUE: {', '.join(issues)}" if issues else "")
+        )
     print(f"{len(revisions)} revision(s) of {repo_id} in {cache_root()}", file=sys.stderr)
     return 0
 
@@ -381,29 +490,52 @@ examples:
 
 
 def add_parity_parser(sub) -> None:
-    p = sub.add_parser("parity", parents=[COMMON], help="check neox_mini layer by layer against transformers or a reference file",
-                       description="Run neox_mini and a reference on the same inputs and report, for the "
-                                   "embeddings, every layer's residual stream, the final layer norm and the "
-                                   "logits: max abs / relative error and NMSE; for the next token: KL "
-                                   "divergence and top-1 / top-5 agreement; and the first layer over the "
-                                   "tolerance.",
-                       epilog=PARITY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_options(p, "neox_mini's dtype (default fp32); the tolerance is chosen by it", model_default=None,
-                      model_help=f"(default: the one a --reference file records, else {DEFAULT_MODEL})",
-                      dtype_default="fp32", device_default="cpu", device_help="(default cpu)", tokenizer=False)
+    p = sub.add_parser(
+        "parity",
+        parents=[COMMON],
+        help="check neox_mini layer by layer against transformers or a reference file",
+        description="Run neox_mini and a reference on the same inputs and report, for the "
+        "embeddings, every layer's residual stream, the final layer norm and the "
+        "logits: max abs / relative error and NMSE; for the next token: KL "
+        "divergence and top-1 / top-5 agreement; and the first layer over the "
+        "tolerance.",
+        epilog=PARITY_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(
+        p,
+        "neox_mini's dtype (default fp32); the tolerance is chosen by it",
+        model_default=None,
+        model_help=f"(default: the one a --reference file records, else {DEFAULT_MODEL})",
+        dtype_default="fp32",
+        device_default="cpu",
+        device_help="(default cpu)",
+        tokenizer=False,
+    )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--against", choices=["transformers"],
-                       help="compare with transformers' GPTNeoXForCausalLM (the default; needs the parity extra)")
+    which.add_argument(
+        "--against",
+        choices=["transformers"],
+        help="compare with transformers' GPTNeoXForCausalLM (the default; needs the parity extra)",
+    )
     which.add_argument("--reference", metavar="FILE", help="compare with a golden file from --save-reference")
     p.add_argument("--save-reference", metavar="OUT", help="also write transformers' outputs to OUT (safetensors)")
-    p.add_argument("--reference-dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="transformers' dtype (default fp32)")
+    p.add_argument(
+        "--reference-dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="transformers' dtype (default fp32)"
+    )
     p.add_argument("--prompts", metavar="FILE", help="UTF-8 file, one prompt per line, instead of the built-in texts")
-    p.add_argument("--gelu", choices=["erf", "tanh"],
-                   help="override neox_mini's GELU (transformers keeps the checkpoint's, exact erf for Pythia)")
+    p.add_argument(
+        "--gelu",
+        choices=["erf", "tanh"],
+        help="override neox_mini's GELU (transformers keeps the checkpoint's, exact erf for Pythia)",
+    )
     p.add_argument("--top-k", type=int, default=64, help="logits kept per position in a saved reference (default 64)")
-    p.add_argument("--channels", type=int, default=64,
-                   help="residual-stream channels kept per layer in a saved reference (default 64)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=64,
+        help="residual-stream channels kept per layer in a saved reference (default 64)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_parity)
 
@@ -421,11 +553,20 @@ def cmd_parity(args) -> int:
             revision = revision or meta.get("commit_sha") or meta.get("revision") or None
             if model is None:
                 raise ValueError(f"{args.reference} does not record its model: give --model")
-        report = run_parity(model or DEFAULT_MODEL, revision=revision, dtype=args.dtype,
-                            against=None if args.reference else "transformers", reference=args.reference,
-                            save_reference_to=args.save_reference, reference_dtype=args.reference_dtype,
-                            prompts=args.prompts, gelu=args.gelu, device=args.device, top_k=args.top_k,
-                            max_channels=args.channels)
+        report = run_parity(
+            model or DEFAULT_MODEL,
+            revision=revision,
+            dtype=args.dtype,
+            against=None if args.reference else "transformers",
+            reference=args.reference,
+            save_reference_to=args.save_reference,
+            reference_dtype=args.reference_dtype,
+            prompts=args.prompts,
+            gelu=args.gelu,
+            device=args.device,
+            top_k=args.top_k,
+            max_channels=args.channels,
+        )
     except Exception as e:  # exit 2, distinct from "ran, but diverged" (1); one line unless --debug
         if args.debug:
             raise
@@ -435,8 +576,14 @@ def cmd_parity(args) -> int:
     return 0 if report.passed else EXIT_DIVERGED
 
 
-SUBCOMMANDS = [add_generate_parser, add_score_parser, add_info_parser, add_configs_parser, add_revisions_parser,
-               add_parity_parser]
+SUBCOMMANDS = [
+    add_generate_parser,
+    add_score_parser,
+    add_info_parser,
+    add_configs_parser,
+    add_revisions_parser,
+    add_parity_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

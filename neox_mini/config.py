@@ -24,8 +24,15 @@ from .errors import ConfigError
 # training used the tanh approximation (Megatron's fused bias_gelu). Anything else is refused.
 GELU_BY_HF_ACT = {"gelu": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,10 @@ class NeoXConfig:
         if not 0.0 < self.rotary_pct <= 1.0:
             raise ConfigError(f"rotary_pct must be in (0, 1], not {self.rotary_pct}")
         if self.rotary_ndims % 2:
-            raise ConfigError(f"rotary dims ({self.rotary_ndims} = {self.rotary_pct} x head size "
-                              f"{self.head_size}) must be even: rotate_half pairs dim i with i + R/2")
+            raise ConfigError(
+                f"rotary dims ({self.rotary_ndims} = {self.rotary_pct} x head size "
+                f"{self.head_size}) must be even: rotate_half pairs dim i with i + R/2"
+            )
 
     @property
     def head_size(self) -> int:

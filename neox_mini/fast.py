@@ -76,8 +76,9 @@ def rotation_matrices(model: GPTNeoX, position_ids: torch.Tensor, dtype: torch.d
     return M.to(dtype)
 
 
-def attention(block_attn, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-              start_pos: int) -> torch.Tensor:
+def attention(
+    block_attn, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int
+) -> torch.Tensor:
     """model.Attention.forward with the same weights and cache: [B, T, C] -> [B, T, C]."""
     B, T, C = x.shape
     nh, hs = block_attn.num_heads, block_attn.head_size
@@ -104,11 +105,18 @@ def mlp(block_mlp, x: torch.Tensor) -> torch.Tensor:
     return linear(h, block_mlp.dense_4h_to_h.weight, block_mlp.dense_4h_to_h.bias)  # [B, T, C]
 
 
-def block_forward(block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                  start_pos: int) -> torch.Tensor:
+def block_forward(
+    block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int
+) -> torch.Tensor:
     ln1, ln2 = block.input_layernorm, block.post_attention_layernorm
-    attn_out = attention(block.attention, F.layer_norm(x, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps),
-                         M, mask, is_causal, start_pos)  # [B, T, C]
+    attn_out = attention(
+        block.attention,
+        F.layer_norm(x, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps),
+        M,
+        mask,
+        is_causal,
+        start_pos,
+    )  # [B, T, C]
     if block.use_parallel_residual:
         h = F.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
         return x + attn_out + mlp(block.mlp, h)  # [B, T, C], summed in model.py's order
@@ -117,8 +125,9 @@ def block_forward(block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | 
     return x + mlp(block.mlp, h)  # [B, T, C]
 
 
-def attention_mask_for_sdpa(start_pos: int, T: int, attention_mask: torch.Tensor | None,
-                            dtype: torch.dtype, device) -> tuple[torch.Tensor | None, bool]:
+def attention_mask_for_sdpa(
+    start_pos: int, T: int, attention_mask: torch.Tensor | None, dtype: torch.dtype, device
+) -> tuple[torch.Tensor | None, bool]:
     """(additive mask [B|1, 1, T, S] or None, is_causal) for F.scaled_dot_product_attention.
 
     No mask at all in the two common cases: one new token sees every cached key, and a prefill from
@@ -140,9 +149,15 @@ def attention_mask_for_sdpa(start_pos: int, T: int, attention_mask: torch.Tensor
 
 
 @torch.inference_mode()
-def forward(model: GPTNeoX, input_ids: torch.Tensor, *, start_pos: int = 0,
-            position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-            last_token_only: bool = False) -> torch.Tensor:
+def forward(
+    model: GPTNeoX,
+    input_ids: torch.Tensor,
+    *,
+    start_pos: int = 0,
+    position_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    last_token_only: bool = False,
+) -> torch.Tensor:
     """What `model(input_ids, ...)` returns (logits [B, T, V], or [B, 1, V] with last_token_only),
     computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states)."""
     B, T = input_ids.shape

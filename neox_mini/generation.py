@@ -73,8 +73,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalized, logits)
 
 
-def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                    top_p: float | None = None) -> torch.Tensor:
+def logits_to_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """[B, V] logits -> [B, V] probabilities after temperature, top-k and top-p (nucleus) filtering."""
     logits = logits.float() / max(temperature, 1e-5)
     if top_k is not None and top_k < logits.shape[-1]:
@@ -91,9 +92,13 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int |
     return logits.softmax(-1)
 
 
-def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-           top_p: float | None = None,
-           generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> torch.Tensor:
     """[B, V] logits -> [B, 1] next tokens. temperature 0 means greedy (argmax).
 
     generator: one torch.Generator for the whole batch, or one per row. With one per row (what
@@ -103,13 +108,14 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
         return logits.argmax(dim=-1, keepdim=True)  # [B, 1]
     probs = logits_to_probs(logits, temperature, top_k, top_p)  # [B, V]
     if isinstance(generator, (list, tuple)):
-        rows = [torch.multinomial(probs[i:i + 1], num_samples=1, generator=g) for i, g in enumerate(generator)]
+        rows = [torch.multinomial(probs[i : i + 1], num_samples=1, generator=g) for i, g in enumerate(generator)]
         return torch.cat(rows)  # [B, 1]
     return torch.multinomial(probs, num_samples=1, generator=generator)  # [B, 1]
 
 
-def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-                        repetition_penalty: float) -> None:
+def check_sampling_args(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float
+) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if temperature < 0:
@@ -123,11 +129,20 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | No
 
 
 @torch.inference_mode()
-def generate_tokens(model: GPTNeoX, input_ids: torch.Tensor, max_new_tokens: int, *,
-                    attention_mask: torch.Tensor | None = None, temperature: float = 0.0,
-                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                    repetition_penalty: float = 1.0, eos_id: int | None = None,
-                    vocab_limit: int | None = None) -> Iterator[torch.Tensor]:
+def generate_tokens(
+    model: GPTNeoX,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = None,
+    vocab_limit: int | None = None,
+) -> Iterator[torch.Tensor]:
     """Yield the next token of every row ([B]) for up to max_new_tokens steps.
 
     input_ids      [B, T] prompt ids; left-padded rows come with attention_mask [B, T] (bool,
@@ -146,8 +161,10 @@ def generate_tokens(model: GPTNeoX, input_ids: torch.Tensor, max_new_tokens: int
     device = input_ids.device
     total = T + max_new_tokens
     if total > model.config.max_position_embeddings:
-        raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
-                         f"the context length {model.config.max_position_embeddings}")
+        raise ValueError(
+            f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+            f"the context length {model.config.max_position_embeddings}"
+        )
     if max_new_tokens == 0:
         return
     vocab_limit = default_vocab_limit(model) if vocab_limit is None else vocab_limit
@@ -170,7 +187,9 @@ def generate_tokens(model: GPTNeoX, input_ids: torch.Tensor, max_new_tokens: int
     n_pad = T - n_real  # [B]
     # The mask over every key the sequence will ever have: the prompt's, then all-real for the
     # generated tokens. The model reads its first S columns at each step.
-    full_mask = torch.cat([attention_mask, torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)], 1)  # [B, total]
+    full_mask = torch.cat(
+        [attention_mask, torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)], 1
+    )  # [B, total]
 
     # Tokens already in each row (real ones only), for the repetition penalty. Padding is routed to
     # an extra column V that is dropped, so <|padding|> is not penalised for being padding.
@@ -199,17 +218,28 @@ def generate_tokens(model: GPTNeoX, input_ids: torch.Tensor, max_new_tokens: int
             seen[torch.arange(B, device=device), token] = True
             if pos + 1 < total:
                 positions = (pos - n_pad)[:, None]  # [B, 1]: this row's real tokens so far
-                logits = decode_one_token(model, token[:, None], pos, position_ids=positions,
-                                          attention_mask=full_mask)  # [B, V]
+                logits = decode_one_token(
+                    model, token[:, None], pos, position_ids=positions, attention_mask=full_mask
+                )  # [B, V]
     finally:
         model.clear_kv_cache()
 
 
 @torch.inference_mode()
-def generate(model: GPTNeoX, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None, *,
-             attention_mask: torch.Tensor | None = None, repetition_penalty: float = 1.0,
-             eos_id: int | None = None, vocab_limit: int | None = None) -> torch.Tensor:
+def generate(
+    model: GPTNeoX,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = None,
+    vocab_limit: int | None = None,
+) -> torch.Tensor:
     """Generate after input_ids ([B, T] -> [B, T + N]); temperature 0 is greedy.
 
     N = max_new_tokens, or fewer when eos_id is given and every row has produced it (rows that
@@ -217,30 +247,42 @@ def generate(model: GPTNeoX, input_ids: torch.Tensor, max_new_tokens: int, tempe
     """
     if input_ids.dim() == 1:
         input_ids = input_ids[None]  # [1, T]
-    steps = generate_tokens(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                            repetition_penalty=repetition_penalty, eos_id=eos_id, vocab_limit=vocab_limit)
+    steps = generate_tokens(
+        model,
+        input_ids,
+        max_new_tokens,
+        attention_mask=attention_mask,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        repetition_penalty=repetition_penalty,
+        eos_id=eos_id,
+        vocab_limit=vocab_limit,
+    )
     new = [token[:, None] for token in steps]  # N x [B, 1]
     return torch.cat([input_ids, *new], dim=1)  # [B, T + N]
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = PAD_ID,
-             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int = PAD_ID, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts of different lengths -> (input_ids [B, T], attention_mask [B, T] bool), padded on the left."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (an empty prompt has nothing to "
-                         "continue: start it with BOS_ID = 0 instead)")
+        raise ValueError(
+            "every prompt needs at least one token (an empty prompt has nothing to "
+            "continue: start it with BOS_ID = 0 instead)"
+        )
     T = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), T), pad_id, dtype=torch.long, device=device)  # [B, T]
     attention_mask = torch.zeros(len(prompts), T, dtype=torch.bool, device=device)  # [B, T]
     for i, p in enumerate(prompts):
-        input_ids[i, T - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        attention_mask[i, T - len(p):] = True
+        input_ids[i, T - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        attention_mask[i, T - len(p) :] = True
     return input_ids, attention_mask
 
 
-def generate_batch(model: GPTNeoX, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                   **kwargs) -> list[list[int]]:
+def generate_batch(model: GPTNeoX, prompts: Sequence[Sequence[int]], max_new_tokens: int, **kwargs) -> list[list[int]]:
     """Generate for several prompts (lists of ids, any lengths) in one left-padded batch.
 
     Returns each prompt's new ids; with eos_id given, a row ends at (and includes) its EOS.
@@ -251,9 +293,9 @@ def generate_batch(model: GPTNeoX, prompts: Sequence[Sequence[int]], max_new_tok
     out = generate(model, input_ids, max_new_tokens, attention_mask=attention_mask, **kwargs)
     eos_id = kwargs.get("eos_id")
     results = []
-    for row in out[:, input_ids.shape[1]:].tolist():
+    for row in out[:, input_ids.shape[1] :].tolist():
         if eos_id is not None and eos_id in row:
-            row = row[:row.index(eos_id) + 1]
+            row = row[: row.index(eos_id) + 1]
         results.append(row)
     return results
 
@@ -267,18 +309,26 @@ def split_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str, bool]:
     """
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     if found:
-        return text[:min(found)], "", True
+        return text[: min(found)], "", True
     hold = 0
     for s in stops:
         for n in range(min(len(s) - 1, len(text)), hold, -1):
             if text.endswith(s[:n]):
                 hold = n
                 break
-    return text[:len(text) - hold], text[len(text) - hold:], False
+    return text[: len(text) - hold], text[len(text) - hold :], False
 
 
-def stream_text(model: GPTNeoX, tokenizer: Tokenizer, prompt_ids: Sequence[int], max_new_tokens: int, *,
-                stop: Sequence[str] = (), eos_id: int | None = EOS_ID, **sampling) -> Iterator[str]:
+def stream_text(
+    model: GPTNeoX,
+    tokenizer: Tokenizer,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    *,
+    stop: Sequence[str] = (),
+    eos_id: int | None = EOS_ID,
+    **sampling,
+) -> Iterator[str]:
     """Generate after one prompt and yield the new text piece by piece, as it is produced.
 
     Stops at eos_id (not printed; None = never stop), at the first stop string (not printed), or

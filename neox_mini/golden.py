@@ -59,8 +59,12 @@ def channel_subset(hidden_size: int, max_channels: int = DEFAULT_CHANNELS) -> to
     return torch.linspace(0, hidden_size - 1, max_channels).round().long()
 
 
-def summarize(logits: torch.Tensor, acts: dict[str, torch.Tensor], top_k: int = DEFAULT_TOP_K,
-              channels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def summarize(
+    logits: torch.Tensor,
+    acts: dict[str, torch.Tensor],
+    top_k: int = DEFAULT_TOP_K,
+    channels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """The tensors a reference file stores, from full logits [N, V] and activations {name: [N, C]}."""
     logits64 = logits.double()
     k = min(top_k, logits.shape[-1])
@@ -83,9 +87,15 @@ def config_shape(config) -> dict:
     return {f: getattr(config, f) for f in SHAPE_FIELDS}
 
 
-def save_reference(path: str | Path, sequences: list[torch.Tensor], logits: torch.Tensor,
-                   acts: dict[str, torch.Tensor], metadata: dict[str, str], top_k: int = DEFAULT_TOP_K,
-                   max_channels: int = DEFAULT_CHANNELS) -> Path:
+def save_reference(
+    path: str | Path,
+    sequences: list[torch.Tensor],
+    logits: torch.Tensor,
+    acts: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    top_k: int = DEFAULT_TOP_K,
+    max_channels: int = DEFAULT_CHANNELS,
+) -> Path:
     """Write a golden reference file (safetensors): inputs, summarized outputs, and metadata."""
     from safetensors.torch import save_file
 
@@ -139,15 +149,19 @@ def load_reference(path: str | Path) -> Reference:
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as e:  # safetensors raises several types for truncated / garbage files
-        raise ParityError(f"reference file {path} ({path.stat().st_size:,} bytes) is not a readable "
-                          f"safetensors file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ParityError(
+            f"reference file {path} ({path.stat().st_size:,} bytes) is not a readable "
+            f"safetensors file: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
     def bad(why: str) -> ParityError:
         return ParityError(f"reference file {path} is not a valid parity reference: {why}")
 
     if metadata.get("format") != REFERENCE_FORMAT:
-        raise bad(f"metadata 'format' is {metadata.get('format')!r}, expected {REFERENCE_FORMAT!r} "
-                  f"(write one with `neox-mini parity --save-reference`)")
+        raise bad(
+            f"metadata 'format' is {metadata.get('format')!r}, expected {REFERENCE_FORMAT!r} "
+            f"(write one with `neox-mini parity --save-reference`)"
+        )
     if metadata.get("format_version") != REFERENCE_VERSION:
         raise bad(f"format_version {metadata.get('format_version')!r}; this neox_mini reads {REFERENCE_VERSION!r}")
     try:
@@ -159,27 +173,46 @@ def load_reference(path: str | Path) -> Reference:
     if names != hidden_state_names(shape["num_layers"]):
         raise bad(f"activations {names} do not match num_layers={shape['num_layers']}")
 
-    required = ["input_ids", "sequence_lengths", "logits.top_values", "logits.top_indices",
-                "logits.logsumexp", "channels"] + [f"{n}.{part}" for n in names for part in ("sample", "norm")]
+    required = [
+        "input_ids",
+        "sequence_lengths",
+        "logits.top_values",
+        "logits.top_indices",
+        "logits.logsumexp",
+        "channels",
+    ] + [f"{n}.{part}" for n in names for part in ("sample", "norm")]
     missing = [r for r in required if r not in tensors]
     if missing:
         raise bad(f"missing tensor(s) {', '.join(missing)}")
     ids, lengths = tensors["input_ids"], tensors["sequence_lengths"]
-    if ids.dim() != 1 or lengths.dim() != 1 or ids.dtype != torch.int64 or (lengths <= 0).any() \
-            or int(lengths.sum()) != ids.numel():
+    if (
+        ids.dim() != 1
+        or lengths.dim() != 1
+        or ids.dtype != torch.int64
+        or (lengths <= 0).any()
+        or int(lengths.sum()) != ids.numel()
+    ):
         raise bad(f"input_ids ({list(ids.shape)}) and sequence_lengths {lengths.tolist()} do not agree")
     if tensors_sha256({"input_ids": ids}) != metadata.get("input_ids_sha256"):
-        raise bad("input_ids do not match the checksum recorded when the file was written "
-                  "(the file was modified or is corrupt)")
+        raise bad(
+            "input_ids do not match the checksum recorded when the file was written "
+            "(the file was modified or is corrupt)"
+        )
     if tensors_sha256(tensors) != metadata.get("tensors_sha256"):
-        raise bad("tensor data does not match the checksum recorded when the file was written "
-                  "(the file was modified or is corrupt)")
+        raise bad(
+            "tensor data does not match the checksum recorded when the file was written "
+            "(the file was modified or is corrupt)"
+        )
     N, c = ids.numel(), tensors["channels"].numel()
     k = tensors["logits.top_values"].shape[-1] if tensors["logits.top_values"].dim() == 2 else -1
-    expected = {"logits.top_values": [N, k], "logits.top_indices": [N, k], "logits.logsumexp": [N],
-                **{f"{n}.sample": [N, c] for n in names}, **{f"{n}.norm": [N] for n in names}}
-    wrong = [f"{n} {list(tensors[n].shape)} (expected {s})" for n, s in expected.items()
-             if list(tensors[n].shape) != s]
+    expected = {
+        "logits.top_values": [N, k],
+        "logits.top_indices": [N, k],
+        "logits.logsumexp": [N],
+        **{f"{n}.sample": [N, c] for n in names},
+        **{f"{n}.norm": [N] for n in names},
+    }
+    wrong = [f"{n} {list(tensors[n].shape)} (expected {s})" for n, s in expected.items() if list(tensors[n].shape) != s]
     if wrong or k < 1:
         raise bad("inconsistent shapes: " + "; ".join(wrong or ["no logits stored"]))
     return Reference(path, tensors, metadata, config, names)
@@ -191,13 +224,16 @@ def check_reference_fits(reference: Reference, config, sequences: list[torch.Ten
     what a parity check should then show as divergence)."""
     ours, theirs = config_shape(config), {f: int(reference.config[f]) for f in SHAPE_FIELDS}
     if ours != theirs:
-        diff = ", ".join(f"{f} {theirs[f]} (reference) vs {ours[f]} (this model)"
-                         for f in SHAPE_FIELDS if ours[f] != theirs[f])
+        diff = ", ".join(
+            f"{f} {theirs[f]} (reference) vs {ours[f]} (this model)" for f in SHAPE_FIELDS if ours[f] != theirs[f]
+        )
         raise ParityError(f"reference file {reference.path} was made from a model of another shape: {diff}")
     ids = reference.tensors["input_ids"]
     if int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size:
-        raise ParityError(f"reference file {reference.path} has token ids up to {int(ids.max())}, outside this "
-                          f"model's 0..{config.vocab_size - 1}")
+        raise ParityError(
+            f"reference file {reference.path} has token ids up to {int(ids.max())}, outside this "
+            f"model's 0..{config.vocab_size - 1}"
+        )
     top = reference.tensors["logits.top_indices"]
     if int(top.min()) < 0 or int(top.max()) >= config.vocab_size:
         raise ParityError(f"reference file {reference.path} has logit indices outside 0..{config.vocab_size - 1}")
@@ -206,18 +242,19 @@ def check_reference_fits(reference: Reference, config, sequences: list[torch.Ten
         raise ParityError(f"reference file {reference.path} has channel indices outside 0..{config.hidden_size - 1}")
     if sequences is not None:
         ref_seqs = reference.sequences
-        if len(ref_seqs) != len(sequences) or any(not torch.equal(a, b) for a, b in zip(ref_seqs, sequences)):
-            raise ParityError(f"the inputs asked for ({len(sequences)} sequences, {sum(map(len, sequences))} "
-                              f"tokens) are not the ids stored in reference file {reference.path} "
-                              f"({len(ref_seqs)} sequences, {ids.numel()} tokens)")
+        if len(ref_seqs) != len(sequences) or any(
+            not torch.equal(a, b) for a, b in zip(ref_seqs, sequences, strict=True)
+        ):
+            raise ParityError(
+                f"the inputs asked for ({len(sequences)} sequences, {sum(map(len, sequences))} "
+                f"tokens) are not the ids stored in reference file {reference.path} "
+                f"({len(ref_seqs)} sequences, {ids.numel()} tokens)"
+            )
     notes = []
     for field, theirs_value in reference.config.items():
         ours_value = getattr(config, field, None)
         # Only architecture fields count: files written before the config held only architecture
         # also record the stored dtype and the table row name.
         if field in CONFIG_FIELDS and field not in SHAPE_FIELDS and ours_value != theirs_value:
-            notes.append(f"config differs from the reference's: {field} = {ours_value!r} here, "
-                         f"{theirs_value!r} there")
+            notes.append(f"config differs from the reference's: {field} = {ours_value!r} here, {theirs_value!r} there")
     return notes
-
-

@@ -1,7 +1,7 @@
 """Where a model comes from: a local folder, or a Hub id + revision in the Hugging Face cache.
 
     resolve_model("/data/pythia-160m")                         -> the folder itself
-    resolve_model("EleutherAI/pythia-160m", "step3000")        -> <cache>/models--EleutherAI--pythia-160m/snapshots/<sha>
+    resolve_model("EleutherAI/pythia-160m", "step3000")  -> <cache>/models--EleutherAI--pythia-160m/snapshots/<sha>
     resolve_model("pythia-160m-deduped")                       -> the same for EleutherAI/pythia-160m-deduped, main
     resolve(...)                                               -> (folder, provenance)
 
@@ -45,8 +45,8 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 @dataclass
 class Resolved:
-    path: Path          # the folder to load from
-    provenance: dict    # repo_id, revision, commit_sha, source, ... (see resolve)
+    path: Path  # the folder to load from
+    provenance: dict  # repo_id, revision, commit_sha, source, ... (see resolve)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -70,14 +70,19 @@ def resolve(name_or_path: str | Path, revision: str | None = None, *, warn: bool
         # A local folder is used as is; one that does not exist is reported by the loader
         # ("model folder ... does not exist"), exactly as for any other path.
         if revision is not None and path.exists():
-            raise ResolveError(f"revision={revision!r} applies to Hub names only, but {path} is a local folder "
-                               f"(it is loaded as it is)")
+            raise ResolveError(
+                f"revision={revision!r} applies to Hub names only, but {path} is a local folder (it is loaded as it is)"
+            )
         return Resolved(path, _local_provenance(path, warn))
 
     revision = revision or "main"
     # A revision names a file under refs/: refuse anything that could point outside it.
-    if not isinstance(revision, str) or revision.startswith("/") or "\\" in revision \
-            or any(part in ("", ".", "..") for part in revision.split("/")):
+    if (
+        not isinstance(revision, str)
+        or revision.startswith("/")
+        or "\\" in revision
+        or any(part in ("", ".", "..") for part in revision.split("/"))
+    ):
         raise ResolveError(f"{revision!r} is not a revision name (a branch such as step3000, a tag, or a commit sha)")
     pythia.check_revision(revision, repo_id)  # a RevisionError (a ResolveError) for a bad step name
     root = cache_root()
@@ -91,8 +96,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None, *, warn: bool
         commit = download(repo_id, revision, root=root)
         folder, source = _snapshot(root, repo_id, commit), "download"
 
-    provenance = {"repo_id": repo_id, "revision": revision, "commit_sha": commit, "source": source,
-                  "cache": str(root)}
+    provenance = {"repo_id": repo_id, "revision": revision, "commit_sha": commit, "source": source, "cache": str(root)}
     provenance.update(_checkpoint_facts(root, repo_id, revision, commit, warn))
     return Resolved(folder, provenance)
 
@@ -102,8 +106,12 @@ def _local_provenance(path: Path, warn: bool) -> dict:
     it is (and check the known issues of the branches that point at it)."""
     provenance: dict = {"source": "local"}
     real = path.resolve() if path.is_dir() else None
-    if real is not None and real.parent.name == "snapshots" and _COMMIT_SHA.fullmatch(real.name) \
-            and real.parent.parent.name.startswith("models--"):
+    if (
+        real is not None
+        and real.parent.name == "snapshots"
+        and _COMMIT_SHA.fullmatch(real.name)
+        and real.parent.parent.name.startswith("models--")
+    ):
         repo_dir = real.parent.parent  # models--ORG--NAME
         repo_id = "/".join(repo_dir.name.split("--")[1:])
         provenance.update(repo_id=repo_id, commit_sha=real.name)
@@ -126,8 +134,12 @@ def _checkpoint_facts(root: Path, repo_id: str, revision: str | None, commit: st
     if warn:
         for issue in issues:
             hit = ", ".join(n for n in names if n in issue["revisions"])
-            warnings.warn(f"{repo_id} at {hit} is on the known-issues list ({issue['id']}): {issue['summary']} "
-                          f"Sources: {', '.join(issue['sources'])}", KnownIssueWarning, stacklevel=4)
+            warnings.warn(
+                f"{repo_id} at {hit} is on the known-issues list ({issue['id']}): {issue['summary']} "
+                f"Sources: {', '.join(issue['sources'])}",
+                KnownIssueWarning,
+                stacklevel=4,
+            )
     return facts
 
 
@@ -217,7 +229,7 @@ def snapshot_problem(folder: Path) -> str | None:
 
 @dataclass
 class CachedRevision:
-    ref: str | None      # branch name, None for a snapshot no ref points at
+    ref: str | None  # branch name, None for a snapshot no ref points at
     commit: str
     problem: str | None  # None: loadable; else why not (e.g. weights missing)
 
@@ -246,21 +258,21 @@ def _describe_cached(root: Path, repo_id: str) -> str:
     revs = cached_revisions(repo_id, root)
     if not revs:
         return f"nothing of {repo_id} is cached in {root}"
-    parts = [f"{r.ref or '(no ref)'} = {r.commit[:12]}" + ("" if r.problem is None else " [incomplete]")
-             for r in revs]
+    parts = [f"{r.ref or '(no ref)'} = {r.commit[:12]}" + ("" if r.problem is None else " [incomplete]") for r in revs]
     return f"cached revisions of {repo_id} in {root}: " + ", ".join(parts)
 
 
 def _not_cached_message(root: Path, repo_id: str, revision: str, commit: str | None, asked) -> str:
     folder = _snapshot(root, repo_id, commit) if commit else None
     if folder is not None:
-        what = (f"the cached snapshot of {repo_id} at {revision} ({folder}) cannot be loaded: "
-                f"{snapshot_problem(folder)}")
+        what = f"the cached snapshot of {repo_id} at {revision} ({folder}) cannot be loaded: {snapshot_problem(folder)}"
     else:
         what = f"{repo_id} at revision {revision!r} is not in the cache"
     local = f" (and there is no local folder {str(asked)!r})" if "/" in str(asked) else ""
-    return (f"{what}{local}, and HF_HUB_OFFLINE=1 forbids downloading it. {_describe_cached(root, repo_id)}. "
-            f"Unset HF_HUB_OFFLINE to download, or pick a cached revision.")
+    return (
+        f"{what}{local}, and HF_HUB_OFFLINE=1 forbids downloading it. {_describe_cached(root, repo_id)}. "
+        f"Unset HF_HUB_OFFLINE to download, or pick a cached revision."
+    )
 
 
 # ----------------------------------------------------------------------------- downloading
@@ -286,26 +298,35 @@ def download(repo_id: str, revision: str, *, root: Path | None = None, endpoint:
     try:
         info = hf.HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
     except GatedRepoError:
-        raise ResolveError(f"{repo_id} is gated on {endpoint}: accept its terms on the website and log in "
-                           f"(`hf auth login` or HF_TOKEN)") from None
+        raise ResolveError(
+            f"{repo_id} is gated on {endpoint}: accept its terms on the website and log in "
+            f"(`hf auth login` or HF_TOKEN)"
+        ) from None
     except RepositoryNotFoundError:
-        raise ResolveError(f"{repo_id} is not a model repo on {endpoint} (or it is private and no valid token "
-                           f"was given); {_describe_cached(root, repo_id)}") from None
+        raise ResolveError(
+            f"{repo_id} is not a model repo on {endpoint} (or it is private and no valid token "
+            f"was given); {_describe_cached(root, repo_id)}"
+        ) from None
     except RevisionNotFoundError:
-        raise ResolveError(f"{repo_id} has no revision {revision!r} on {endpoint}; "
-                           f"{_describe_cached(root, repo_id)}") from None
+        raise ResolveError(
+            f"{repo_id} has no revision {revision!r} on {endpoint}; {_describe_cached(root, repo_id)}"
+        ) from None
     except Exception as e:  # network down, DNS, proxy, 5xx, not a Hub at that address ...
-        raise ResolveError(f"could not reach the Hub at {endpoint} to list {repo_id}@{revision}: "
-                           f"{_one_line(e)}. {_describe_cached(root, repo_id)}; set HF_HUB_OFFLINE=1 "
-                           f"to use only the cache") from None
+        raise ResolveError(
+            f"could not reach the Hub at {endpoint} to list {repo_id}@{revision}: "
+            f"{_one_line(e)}. {_describe_cached(root, repo_id)}; set HF_HUB_OFFLINE=1 "
+            f"to use only the cache"
+        ) from None
     commit = info.sha
     files = {s.rfilename for s in (info.siblings or [])}
     if not commit or not _COMMIT_SHA.fullmatch(commit):
         raise ResolveError(f"{where}: the Hub answered without a commit sha for revision {revision!r}")
     weights = next((w for w in WEIGHT_FILES if w in files), None)
     if weights is None:
-        raise ResolveError(f"{repo_id} at {revision} (commit {commit[:12]}) has no weights: expected one of "
-                           f"{', '.join(WEIGHT_FILES)}; the revision has {', '.join(sorted(files)) or 'no files'}")
+        raise ResolveError(
+            f"{repo_id} at {revision} (commit {commit[:12]}) has no weights: expected one of "
+            f"{', '.join(WEIGHT_FILES)}; the revision has {', '.join(sorted(files)) or 'no files'}"
+        )
     if "config.json" not in files:
         raise ResolveError(f"{repo_id} at {revision} (commit {commit[:12]}) has no config.json")
     wanted = ["config.json"] + (["tokenizer.json"] if "tokenizer.json" in files else []) + [weights]
@@ -320,8 +341,10 @@ def download(repo_id: str, revision: str, *, root: Path | None = None, endpoint:
             shards = shard_names(Path(path))
             missing = [s for s in shards if s not in files]
             if missing:
-                raise ResolveError(f"{repo_id} at {revision}: {weights} lists shard(s) the revision does not "
-                                   f"have: {', '.join(missing)}")
+                raise ResolveError(
+                    f"{repo_id} at {revision}: {weights} lists shard(s) the revision does not "
+                    f"have: {', '.join(missing)}"
+                )
             for shard in shards:
                 hf.hf_hub_download(repo_id, shard, revision=commit, cache_dir=str(root), endpoint=endpoint)
         if revision != commit:
@@ -336,8 +359,10 @@ def download(repo_id: str, revision: str, *, root: Path | None = None, endpoint:
             why = f"a file listed by the Hub was not found: {_one_line(e)}"
         else:
             why = _one_line(e)
-        raise ResolveError(f"downloading {repo_id}@{revision} (commit {commit[:12]}) from {endpoint} failed: "
-                           f"{why}. The cache at {root} was left as it was; run again to retry") from None
+        raise ResolveError(
+            f"downloading {repo_id}@{revision} (commit {commit[:12]}) from {endpoint} failed: "
+            f"{why}. The cache at {root} was left as it was; run again to retry"
+        ) from None
     return commit
 
 

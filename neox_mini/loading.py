@@ -24,9 +24,14 @@ from .hub import resolve
 from .model import GPTNeoX, RotaryEmbedding
 
 
-def from_pretrained(name_or_path: str | Path, revision: str | None = None, *,
-                    dtype: torch.dtype | str | None = None, device: torch.device | str = "cpu",
-                    gelu: str | None = None) -> GPTNeoX:
+def from_pretrained(
+    name_or_path: str | Path,
+    revision: str | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str = "cpu",
+    gelu: str | None = None,
+) -> GPTNeoX:
     """Load a checkpoint folder (config.json + safetensors or .bin weights), or a Hub name such as
     "EleutherAI/pythia-160m" / "pythia-160m" at a revision ("step3000", a commit sha; default
     "main") through the Hugging Face cache (see hub.py).
@@ -39,14 +44,22 @@ def from_pretrained(name_or_path: str | Path, revision: str | None = None, *,
     return load_folder(resolved.path, dtype=dtype, device=device, gelu=gelu, provenance=resolved.provenance)
 
 
-def load_folder(path: str | Path, *, dtype: torch.dtype | str | None = None,
-                device: torch.device | str = "cpu", gelu: str | None = None,
-                provenance: dict | None = None) -> GPTNeoX:
+def load_folder(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str = "cpu",
+    gelu: str | None = None,
+    provenance: dict | None = None,
+) -> GPTNeoX:
     """Build a GPTNeoX from a checkpoint folder. dtype defaults to the dtype the weights are stored in."""
     folder = Path(path)
     if not folder.is_dir():
-        raise CheckpointError(f"model folder {folder} does not exist" if not folder.exists()
-                              else f"{folder} is not a folder (expected config.json + weights)")
+        raise CheckpointError(
+            f"model folder {folder} does not exist"
+            if not folder.exists()
+            else f"{folder} is not a folder (expected config.json + weights)"
+        )
     config = NeoXConfig.from_hf(folder)
     if gelu is not None:
         config = config.replace(gelu=gelu)

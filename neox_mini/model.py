@@ -46,7 +46,8 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, config: NeoXConfig, device: torch.device | str | None = None):
         super().__init__()
         R = config.rotary_ndims
-        inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, R, 2, dtype=torch.float32, device=device) / R))  # [R/2]
+        exponents = torch.arange(0, R, 2, dtype=torch.float32, device=device) / R  # [R/2]: 0, 2/R, 4/R, ...
+        inv_freq = 1.0 / (config.rotary_base**exponents)  # [R/2]
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32, device=device)  # [P]
         angles = positions[:, None] * inv_freq[None, :]  # [P, R/2]: angle of position p for frequency i
         angles = torch.cat([angles, angles], dim=-1)  # [P, R]: dims i and i + R/2 share an angle (rotate_half)
@@ -86,8 +87,15 @@ class KVCache(nn.Module):
     and decoding does no allocation or concatenation per token.
     """
 
-    def __init__(self, batch_size: int, num_heads: int, max_seq_len: int, head_size: int,
-                 dtype: torch.dtype, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        batch_size: int,
+        num_heads: int,
+        max_seq_len: int,
+        head_size: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         shape = (batch_size, num_heads, max_seq_len, head_size)  # [B, nh, max_seq_len, hs]
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
@@ -114,8 +122,9 @@ class Attention(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                start_pos: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, start_pos: int
+    ) -> torch.Tensor:
         B, T, C = x.shape
         nh, hs = self.num_heads, self.head_size
         qkv = self.query_key_value(x)  # [B, T, 3C]
@@ -175,8 +184,9 @@ class Block(nn.Module):
         self.attention = Attention(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                start_pos: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, start_pos: int
+    ) -> torch.Tensor:
         attn_out = self.attention(self.input_layernorm(x), cos, sin, mask, start_pos)  # [B, T, C]
         if self.use_parallel_residual:
             # Every Pythia model: attention and MLP both read the block's input (each through its
@@ -195,15 +205,18 @@ class GPTNeoX(nn.Module):
     def __init__(self, config: NeoXConfig):
         super().__init__()
         self.config = config
-        self.gpt_neox = nn.ModuleDict(dict(
-            # Zeros, not nn.Embedding's random init: the weights always come from a checkpoint or
-            # init_random_weights, and on the meta device (where from_pretrained builds the model)
-            # normal_() first imports torch._dynamo, which costs ~1 s of start-up for nothing.
-            embed_in=nn.Embedding(config.vocab_size, config.hidden_size,
-                                  _weight=torch.zeros(config.vocab_size, config.hidden_size)),
-            layers=nn.ModuleList([Block(config) for _ in range(config.num_layers)]),
-            final_layer_norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
-        ))
+        self.gpt_neox = nn.ModuleDict(
+            dict(
+                # Zeros, not nn.Embedding's random init: the weights always come from a checkpoint or
+                # init_random_weights, and on the meta device (where from_pretrained builds the model)
+                # normal_() first imports torch._dynamo, which costs ~1 s of start-up for nothing.
+                embed_in=nn.Embedding(
+                    config.vocab_size, config.hidden_size, _weight=torch.zeros(config.vocab_size, config.hidden_size)
+                ),
+                layers=nn.ModuleList([Block(config) for _ in range(config.num_layers)]),
+                final_layer_norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+            )
+        )
         # NeoX quirk: the output projection is its own matrix, NOT tied to embed_in (GPT-2 ties them).
         # It is half the parameters of pythia-14m. Its name "embed_out" is kept for 1:1 loading.
         self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -215,18 +228,19 @@ class GPTNeoX(nn.Module):
 
     # -- KV cache, allocated explicitly --------------------------------------------------------
 
-    def setup_kv_cache(self, batch_size: int, max_seq_len: int | None = None,
-                       dtype: torch.dtype | None = None) -> None:
+    def setup_kv_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> None:
         """Preallocate every layer's KV cache for batch_size sequences of up to max_seq_len tokens."""
         cfg = self.config
         max_seq_len = max_seq_len or cfg.max_position_embeddings
         if max_seq_len > cfg.max_position_embeddings:
-            raise ValueError(f"max_seq_len {max_seq_len} exceeds the context length "
-                             f"{cfg.max_position_embeddings} of this model")
+            raise ValueError(
+                f"max_seq_len {max_seq_len} exceeds the context length {cfg.max_position_embeddings} of this model"
+            )
         weight = self.embed_out.weight
         for block in self.gpt_neox.layers:
-            block.attention.kv_cache = KVCache(batch_size, cfg.num_heads, max_seq_len, cfg.head_size,
-                                               dtype or weight.dtype, weight.device)
+            block.attention.kv_cache = KVCache(
+                batch_size, cfg.num_heads, max_seq_len, cfg.head_size, dtype or weight.dtype, weight.device
+            )
 
     def clear_kv_cache(self) -> None:
         for block in self.gpt_neox.layers:
@@ -248,16 +262,26 @@ class GPTNeoX(nn.Module):
         if cache_shape is None and start_pos != 0:
             raise ValueError("start_pos > 0 needs a KV cache: call setup_kv_cache first")
         if cache_shape is not None and (B != cache_shape[0] or S > cache_shape[2]):
-            raise ValueError(f"batch {B} x {S} tokens does not fit the KV cache set up for "
-                             f"batch {cache_shape[0]} x {cache_shape[2]} tokens")
+            raise ValueError(
+                f"batch {B} x {S} tokens does not fit the KV cache set up for "
+                f"batch {cache_shape[0]} x {cache_shape[2]} tokens"
+            )
         if S > cfg.max_position_embeddings:
-            raise ValueError(f"sequence of {S} tokens is longer than the context length "
-                             f"{cfg.max_position_embeddings} of this model")
+            raise ValueError(
+                f"sequence of {S} tokens is longer than the context length {cfg.max_position_embeddings} of this model"
+            )
         check_token_ids(input_ids, cfg.vocab_size)
 
-    def forward(self, input_ids: torch.Tensor, *, start_pos: int = 0,
-                position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                last_token_only: bool = False, return_hidden_states: bool = False):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        start_pos: int = 0,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        last_token_only: bool = False,
+        return_hidden_states: bool = False,
+    ):
         """Logits for input_ids [B, T] -> [B, T, V] ([B, 1, V] with last_token_only).
 
         start_pos      where input_ids start in the sequence = tokens already in the KV cache
@@ -299,8 +323,9 @@ def hidden_state_names(num_layers: int) -> list[str]:
     return ["gpt_neox.embed_in"] + [f"gpt_neox.layers.{i}" for i in range(num_layers)] + ["gpt_neox.final_layer_norm"]
 
 
-def attention_allowed(start_pos: int, T: int, attention_mask: torch.Tensor | None,
-                      device: torch.device | str) -> torch.Tensor:
+def attention_allowed(
+    start_pos: int, T: int, attention_mask: torch.Tensor | None, device: torch.device | str
+) -> torch.Tensor:
     """Which keys each query may attend to: bool [1, 1, T, S] (or [B, 1, T, S] with padding).
 
     Causal: query t (at sequence index start_pos + t) sees keys 0 .. start_pos + t. attention_mask

@@ -55,11 +55,10 @@ TOLERANCES = {
 }
 
 
-
-
 @dataclass
 class Difference:
     """How far one activation of ours is from the reference."""
+
     name: str  # "gpt_neox.layers.3", "logits", ...
     max_abs: float  # max |ours - ref|
     rel_error: float  # max |ours - ref| / max |ref|: the number the tolerance applies to
@@ -72,8 +71,10 @@ class Difference:
         return not self.rel_error <= tolerance
 
     def __str__(self) -> str:
-        return (f"{self.name}: relative max error {self.rel_error:.3e} "
-                f"(max abs diff {self.max_abs:.3e} at index {list(self.where)})")
+        return (
+            f"{self.name}: relative max error {self.rel_error:.3e} "
+            f"(max abs diff {self.max_abs:.3e} at index {list(self.where)})"
+        )
 
 
 def difference(name: str, ours: torch.Tensor, ref: torch.Tensor, compared: str = "all values") -> Difference:
@@ -90,8 +91,9 @@ def difference(name: str, ours: torch.Tensor, ref: torch.Tensor, compared: str =
     return Difference(name, max_abs, max_abs / (scale if scale > 0 else 1.0), nmse, where, compared)
 
 
-def first_divergence(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor],
-                     tolerance: float) -> tuple[Difference | None, list[Difference]]:
+def first_divergence(
+    ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], tolerance: float
+) -> tuple[Difference | None, list[Difference]]:
     """Compare activations in the reference's order; return (the first one over tolerance or
     None, all differences)."""
     diffs = [difference(name, ours[name], ref[name]) for name in ref]
@@ -130,8 +132,9 @@ RANDOM_SEED = 0
 # ----------------------------------------------------------------------------- inputs
 
 
-def random_sequences(high: int, n: int = RANDOM_SEQUENCES, length: int = RANDOM_LENGTH,
-                     seed: int = RANDOM_SEED) -> list[torch.Tensor]:
+def random_sequences(
+    high: int, n: int = RANDOM_SEQUENCES, length: int = RANDOM_LENGTH, seed: int = RANDOM_SEED
+) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(0, high, (length,), generator=generator) for _ in range(n)]
 
@@ -146,14 +149,15 @@ def build_inputs(vocab_size: int, tokenizer=None, texts=None) -> tuple[list[torc
     if texts is not None and tokenizer is None:
         raise ParityError("--prompts needs the model's tokenizer.json, which was not found")
     if tokenizer is not None:
-        for text in (DEFAULT_TEXTS if texts is None else texts):
+        for text in DEFAULT_TEXTS if texts is None else texts:
             ids = tokenizer.encode(text)
             if not ids:
                 raise ParityError(f"prompt {text!r} gives no tokens")
             if max(ids) >= vocab_size:
                 if texts is not None:
-                    raise ParityError(f"prompt {text!r} has token id {max(ids)}, but the model has only "
-                                      f"{vocab_size} embedding rows")
+                    raise ParityError(
+                        f"prompt {text!r} has token id {max(ids)}, but the model has only {vocab_size} embedding rows"
+                    )
                 notes.append(f"text inputs skipped: the tokenizer's ids do not fit the {vocab_size}-row embedding")
                 sequences, described = [], []
                 break
@@ -215,19 +219,22 @@ def load_transformers_model(folder: str | Path, dtype: torch.dtype, device: str)
         import transformers
         from transformers import GPTNeoXForCausalLM
     except ImportError:
-        raise ParityError("--against transformers needs the transformers package: "
-                          "pip install transformers (or pip install 'neox_mini[parity]'); "
-                          "without it, compare with --reference FILE") from None
+        raise ParityError(
+            "--against transformers needs the transformers package: "
+            "pip install transformers (or pip install 'neox_mini[parity]'); "
+            "without it, compare with --reference FILE"
+        ) from None
     # transformers renamed torch_dtype= to dtype= in 4.56.
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kwarg = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-    model = GPTNeoXForCausalLM.from_pretrained(str(folder), attn_implementation="eager",
-                                               **{dtype_kwarg: dtype})
+    model = GPTNeoXForCausalLM.from_pretrained(str(folder), attn_implementation="eager", **{dtype_kwarg: dtype})
     return model.to(device).eval()
 
 
 @torch.no_grad()
-def transformers_activations(hf_model, input_ids: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def transformers_activations(
+    hf_model, input_ids: torch.Tensor, **kwargs
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(logits [B, T, V], {name: [B, T, C]}) of transformers' GPTNeoXForCausalLM on input_ids, the
     activations named as in our `return_hidden_states`. They are captured by forward hooks on the
     modules named like ours (transformers' own parameter names), so the comparison does not depend
@@ -240,6 +247,7 @@ def transformers_activations(hf_model, input_ids: torch.Tensor, **kwargs) -> tup
         def hook(module, inputs, output):
             # Decoder layers return a tuple in some transformers versions, a tensor in others.
             captured[name] = (output[0] if isinstance(output, tuple) else output).detach()
+
         return hook
 
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in names]
@@ -266,8 +274,9 @@ def transformers_outputs(hf_model, sequences: list[torch.Tensor]) -> tuple[torch
 # ----------------------------------------------------------------------------- next-token statistics
 
 
-def next_token_stats(ours_logits: torch.Tensor, ref_values: torch.Tensor, ref_indices: torch.Tensor,
-                     ref_lse: torch.Tensor) -> dict[str, float]:
+def next_token_stats(
+    ours_logits: torch.Tensor, ref_values: torch.Tensor, ref_indices: torch.Tensor, ref_lse: torch.Tensor
+) -> dict[str, float]:
     """KL(ref || ours) of the next-token distributions and top-1 / top-5 agreement, from our full
     logits [N, V] and the reference's k largest logits per position (values and vocabulary indices,
     [N, k], sorted descending) plus its logsumexp [N].
@@ -285,15 +294,21 @@ def next_token_stats(ours_logits: torch.Tensor, ref_values: torch.Tensor, ref_in
     if k < V:
         ref_rest = (-torch.expm1(ref_logp.logsumexp(-1))).clamp(min=0.0)  # [N]: mass outside the top k
         ours_rest = (-torch.expm1(ours_logp.logsumexp(-1))).clamp(min=1e-300)  # [N]
-        kl = kl + torch.where(ref_rest > 0, ref_rest * (ref_rest.clamp(min=1e-300).log() - ours_rest.log()),
-                              torch.zeros_like(kl))
+        kl = kl + torch.where(
+            ref_rest > 0, ref_rest * (ref_rest.clamp(min=1e-300).log() - ours_rest.log()), torch.zeros_like(kl)
+        )
     kl = kl.clamp(min=0.0)  # KL >= 0; tiny negatives are rounding
     top1 = (ours.argmax(-1) == idx[:, 0]).double().mean().item()
     n5 = min(5, k, V)
     ours5, ref5 = ours.topk(n5, dim=-1).indices, idx[:, :n5]  # each [N, 5]
     overlap = (ours5[:, :, None] == ref5[:, None, :]).any(-1).double().sum(-1) / n5  # [N]
-    return {"kl_mean": kl.mean().item(), "kl_max": kl.max().item(), "top1_agreement": top1,
-            "top5_agreement": overlap.mean().item(), "positions": int(ours.shape[0])}
+    return {
+        "kl_mean": kl.mean().item(),
+        "kl_max": kl.max().item(),
+        "top1_agreement": top1,
+        "top5_agreement": overlap.mean().item(),
+        "positions": int(ours.shape[0]),
+    }
 
 
 # ----------------------------------------------------------------------------- comparing
@@ -325,8 +340,9 @@ def compare_summary(ours: tuple[torch.Tensor, dict], reference: Reference) -> tu
         stats.append(s)
     # Logits: ours at the reference's top-k token ids, plus the logsumexp as one more column.
     idx = t["logits.top_indices"].long()  # [N, k]
-    ours_top = torch.cat([our_logits.double().gather(-1, idx),
-                          our_logits.double().logsumexp(-1, keepdim=True)], dim=-1)  # [N, k+1]
+    ours_top = torch.cat(
+        [our_logits.double().gather(-1, idx), our_logits.double().logsumexp(-1, keepdim=True)], dim=-1
+    )  # [N, k+1]
     ref_top = torch.cat([t["logits.top_values"].double(), t["logits.logsumexp"].double()[:, None]], dim=-1)
     stats.append(difference("logits", ours_top, ref_top, f"top-{idx.shape[-1]} + logsumexp"))
     return stats, next_token_stats(our_logits, t["logits.top_values"], idx, t["logits.logsumexp"])
@@ -363,12 +379,28 @@ class ParityReport:
         return {
             "passed": self.passed,
             "first_divergence": None if first is None else first.name,
-            "model": self.model, "dtype": self.dtype, "gelu": self.gelu, "reference": self.reference,
-            "tolerance": self.tolerance, "inputs": self.inputs, "num_tokens": self.num_tokens,
-            "activations": [{"name": s.name, "max_abs": s.max_abs, "rel_error": s.rel_error, "nmse": s.nmse,
-                             "where": list(s.where), "compared": s.compared,
-                             "within_tolerance": not s.over(self.tolerance)} for s in self.stats],
-            "next_token": self.next_token, "notes": self.notes, "provenance": self.provenance,
+            "model": self.model,
+            "dtype": self.dtype,
+            "gelu": self.gelu,
+            "reference": self.reference,
+            "tolerance": self.tolerance,
+            "inputs": self.inputs,
+            "num_tokens": self.num_tokens,
+            "activations": [
+                {
+                    "name": s.name,
+                    "max_abs": s.max_abs,
+                    "rel_error": s.rel_error,
+                    "nmse": s.nmse,
+                    "where": list(s.where),
+                    "compared": s.compared,
+                    "within_tolerance": not s.over(self.tolerance),
+                }
+                for s in self.stats
+            ],
+            "next_token": self.next_token,
+            "notes": self.notes,
+            "provenance": self.provenance,
             "saved_reference": self.saved_reference,
         }
 
@@ -376,20 +408,27 @@ class ParityReport:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     def format_table(self) -> str:
-        lines = [f"model:     {self.model} ({self.dtype}, gelu {self.gelu})",
-                 f"reference: {self.reference}",
-                 f"inputs:    {len(self.inputs)} sequences, {self.num_tokens} tokens",
-                 f"tolerance: relative max error <= {self.tolerance:g} ({self.dtype})", ""]
+        lines = [
+            f"model:     {self.model} ({self.dtype}, gelu {self.gelu})",
+            f"reference: {self.reference}",
+            f"inputs:    {len(self.inputs)} sequences, {self.num_tokens} tokens",
+            f"tolerance: relative max error <= {self.tolerance:g} ({self.dtype})",
+            "",
+        ]
         width = max(len(s.name) for s in self.stats)
         lines.append(f"{'activation':<{width}}  {'max abs':>10}  {'rel error':>10}  {'NMSE':>10}  ok   compared")
         for s in self.stats:
             mark = "FAIL" if s.over(self.tolerance) else "ok"
-            lines.append(f"{s.name:<{width}}  {s.max_abs:10.3e}  {s.rel_error:10.3e}  {s.nmse:10.3e}  "
-                         f"{mark:<4} {s.compared}")
+            lines.append(
+                f"{s.name:<{width}}  {s.max_abs:10.3e}  {s.rel_error:10.3e}  {s.nmse:10.3e}  {mark:<4} {s.compared}"
+            )
         nt = self.next_token
-        lines += ["", f"next token ({nt['positions']} positions): KL(ref || ours) mean {nt['kl_mean']:.3e} "
-                      f"max {nt['kl_max']:.3e} nats; top-1 agreement {100 * nt['top1_agreement']:.2f}%; "
-                      f"top-5 agreement {100 * nt['top5_agreement']:.2f}%"]
+        lines += [
+            "",
+            f"next token ({nt['positions']} positions): KL(ref || ours) mean {nt['kl_mean']:.3e} "
+            f"max {nt['kl_max']:.3e} nats; top-1 agreement {100 * nt['top1_agreement']:.2f}%; "
+            f"top-5 agreement {100 * nt['top5_agreement']:.2f}%",
+        ]
         lines += [f"note: {n}" for n in self.notes]
         if self.saved_reference:
             lines.append(f"saved reference: {self.saved_reference}")
@@ -397,8 +436,10 @@ class ParityReport:
         if first is None:
             lines.append(f"PASS: every activation within {self.tolerance:g}")
         else:
-            lines.append(f"FAIL: first divergence at {first.name}: relative max error {first.rel_error:.3e} "
-                         f"> {self.tolerance:g} (max abs diff {first.max_abs:.3e} at token/channel {list(first.where)})")
+            lines.append(
+                f"FAIL: first divergence at {first.name}: relative max error {first.rel_error:.3e} "
+                f"> {self.tolerance:g} (max abs diff {first.max_abs:.3e} at token/channel {list(first.where)})"
+            )
         return "\n".join(lines)
 
 
@@ -439,21 +480,32 @@ def reference_metadata(model, reference_dtype: torch.dtype, inputs: list[str], e
     }
 
 
-def run_parity(model: str | Path, *, revision: str | None = None, dtype: str = "fp32",
-               against: str | None = "transformers", reference: str | Path | None = None,
-               save_reference_to: str | Path | None = None, reference_dtype: str = "fp32",
-               prompts: str | Path | None = None, texts: list[str] | None = None,
-               gelu: str | None = None, device: str = "cpu",
-               top_k: int = DEFAULT_TOP_K, max_channels: int = DEFAULT_CHANNELS,
-               extra_metadata: dict | None = None) -> ParityReport:
+def run_parity(
+    model: str | Path,
+    *,
+    revision: str | None = None,
+    dtype: str = "fp32",
+    against: str | None = "transformers",
+    reference: str | Path | None = None,
+    save_reference_to: str | Path | None = None,
+    reference_dtype: str = "fp32",
+    prompts: str | Path | None = None,
+    texts: list[str] | None = None,
+    gelu: str | None = None,
+    device: str = "cpu",
+    top_k: int = DEFAULT_TOP_K,
+    max_channels: int = DEFAULT_CHANNELS,
+    extra_metadata: dict | None = None,
+) -> ParityReport:
     """Check neox_mini on `model` against transformers (`against`) or a reference file.
 
     The inputs are DEFAULT_TEXTS (or `texts`, or the lines of the `prompts` file) tokenized with the
     model's tokenizer, plus RANDOM_SEQUENCES of random ids; with a reference file, its stored ids.
     """
     if reference is not None and save_reference_to is not None:
-        raise ParityError("--save-reference writes a reference from transformers; it cannot be combined "
-                          "with --reference")
+        raise ParityError(
+            "--save-reference writes a reference from transformers; it cannot be combined with --reference"
+        )
     if reference is None and against != "transformers":
         raise ParityError("nothing to compare with: use --against transformers or --reference FILE")
     if top_k < 5 or max_channels < 1:
@@ -482,9 +534,11 @@ def run_parity(model: str | Path, *, revision: str | None = None, dtype: str = "
         made_from = m.get("repo_id") or m.get("path") or "?"
         if m.get("revision") or m.get("commit_sha"):
             made_from += f" @ {m.get('revision') or ''} {m.get('commit_sha') or ''}".rstrip()
-        ref_text = (f"reference file {ref_file.path} ({m.get('reference_impl', '?')}, "
-                    f"{m.get('reference_dtype', '?')}, transformers {m.get('transformers_version', '?')}, "
-                    f"made {m.get('date', '?')} from {made_from})")
+        ref_text = (
+            f"reference file {ref_file.path} ({m.get('reference_impl', '?')}, "
+            f"{m.get('reference_dtype', '?')}, transformers {m.get('transformers_version', '?')}, "
+            f"made {m.get('date', '?')} from {made_from})"
+        )
         saved = None
     else:
         ref_torch_dtype = to_torch_dtype(reference_dtype)
@@ -494,19 +548,30 @@ def run_parity(model: str | Path, *, revision: str | None = None, dtype: str = "
         theirs = transformers_outputs(hf, sequences)
         del hf
         stats, next_token = compare_full(ours, theirs)
-        ref_text = (f"transformers {transformers_version()} GPTNeoXForCausalLM (eager attention, "
-                    f"{str(ref_torch_dtype).removeprefix('torch.')}) on {folder}")
+        ref_text = (
+            f"transformers {transformers_version()} GPTNeoXForCausalLM (eager attention, "
+            f"{str(ref_torch_dtype).removeprefix('torch.')}) on {folder}"
+        )
         saved = None
         if save_reference_to is not None:
             meta = reference_metadata(net, ref_torch_dtype, described, extra_metadata)
             # The reference records the checkpoint's own config (its GELU), not a --gelu override.
             meta["config"] = json.dumps({**json.loads(meta["config"]), "gelu": hf_gelu(folder)})
-            saved = str(save_reference(save_reference_to, sequences, theirs[0], theirs[1], meta,
-                                       top_k, max_channels))
-    return ParityReport(model=name, dtype=our_dtype, gelu=net.config.gelu, reference=ref_text,
-                        tolerance=tolerance, inputs=described, num_tokens=sum(len(s) for s in sequences),
-                        stats=stats, next_token=next_token, notes=notes, provenance=prov,
-                        saved_reference=saved)
+            saved = str(save_reference(save_reference_to, sequences, theirs[0], theirs[1], meta, top_k, max_channels))
+    return ParityReport(
+        model=name,
+        dtype=our_dtype,
+        gelu=net.config.gelu,
+        reference=ref_text,
+        tolerance=tolerance,
+        inputs=described,
+        num_tokens=sum(len(s) for s in sequences),
+        stats=stats,
+        next_token=next_token,
+        notes=notes,
+        provenance=prov,
+        saved_reference=saved,
+    )
 
 
 def hf_gelu(folder: Path) -> str:

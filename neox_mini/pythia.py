@@ -70,7 +70,7 @@ def row_with_architecture(**shape: int) -> str | None:
 
 @dataclass(frozen=True)
 class PythiaName:
-    row: str      # the table row: "pythia-160m"
+    row: str  # the table row: "pythia-160m"
     repo_id: str  # the Hub repo: "EleutherAI/pythia-160m-deduped", "EleutherAI/pythia-70m-seed3"
     has_schedule: bool  # whether the repo carries the 154 step branches (not the v0 repos)
 
@@ -113,9 +113,12 @@ def parse_name(name: str) -> PythiaName:
                 new = row_name.removeprefix("pythia-")
                 raise UnknownModelError(
                     f"{name!r} is the pre-2023 name of pythia-{new}: use pythia-{new} (the retrained suite) "
-                    f"or pythia-{new}-v0 (the original run that carried the old name)")
-        raise UnknownModelError(f"{name!r} is not a Pythia model; sizes are: {sizes}, each also as -deduped "
-                                f"(and -v0); seed runs: `neox-mini configs` lists them")
+                    f"or pythia-{new}-v0 (the original run that carried the old name)"
+                )
+        raise UnknownModelError(
+            f"{name!r} is not a Pythia model; sizes are: {sizes}, each also as -deduped "
+            f"(and -v0); seed runs: `neox-mini configs` lists them"
+        )
     row_name, run, v0 = f"pythia-{m['size']}", m["run"] or "", m["v0"] or ""
     seed_runs = rows[row_name]["seed_runs"]
     if run not in ("", "-deduped") and (run[1:] not in seed_runs or v0):
@@ -154,9 +157,11 @@ def tokens_to_step(tokens: int) -> int:
         raise ValueError(f"a token count is a whole number >= 0, not {tokens!r}")
     step, rest = divmod(tokens, TOKENS_PER_STEP)
     if rest:
-        raise ValueError(f"{tokens:,} tokens is not a whole number of steps ({TOKENS_PER_STEP:,} tokens each): "
-                         f"it falls between step {step} ({step * TOKENS_PER_STEP:,}) and step {step + 1} "
-                         f"({(step + 1) * TOKENS_PER_STEP:,})")
+        raise ValueError(
+            f"{tokens:,} tokens is not a whole number of steps ({TOKENS_PER_STEP:,} tokens each): "
+            f"it falls between step {step} ({step * TOKENS_PER_STEP:,}) and step {step + 1} "
+            f"({(step + 1) * TOKENS_PER_STEP:,})"
+        )
     return step
 
 
@@ -213,9 +218,11 @@ def check_revision(revision: str, repo_id: str | None = None) -> str:
         hint = "nearest: " + ", ".join(nearest_revisions(int(digits)))
     else:
         hint = "e.g. step0, step1000, step143000 (= main)"
-    raise RevisionError(f"{problem}; {hint} (the {len(REVISIONS)} checkpoints: step0, step1, step2, step4 ... "
-                        f"step512, then every 1,000 steps from step1000 to step{FINAL_STEP}; "
-                        f"`neox-mini revisions` lists them)")
+    raise RevisionError(
+        f"{problem}; {hint} (the {len(REVISIONS)} checkpoints: step0, step1, step2, step4 ... "
+        f"step512, then every 1,000 steps from step1000 to step{FINAL_STEP}; "
+        f"`neox-mini revisions` lists them)"
+    )
 
 
 # ----------------------------------------------------------------------------- known issues
@@ -231,6 +238,8 @@ def known_issues_for(repo_id: str, revisions) -> list[dict]:
     """The known issues that affect repo_id at any of the given revision names."""
     revisions = set(revisions)
     repo = repo_id.lower()
-    return [i for i in known_issues()
-            if any(fnmatch.fnmatchcase(repo, pattern.lower()) for pattern in i["repos"])
-            and revisions & set(i["revisions"])]
+    return [
+        i
+        for i in known_issues()
+        if any(fnmatch.fnmatchcase(repo, pattern.lower()) for pattern in i["repos"]) and revisions & set(i["revisions"])
+    ]

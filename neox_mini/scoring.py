@@ -81,13 +81,14 @@ def window_logprobs(model: GPTNeoX, ids: torch.Tensor, first_target: int) -> tor
     400 MB; the context-only rows are skipped).
     """
     logits = model(ids[None])[0]  # [T, V]
-    predicting = logits[first_target - 1:-1].float()  # [n, V]: row t predicts token t + 1
+    predicting = logits[first_target - 1 : -1].float()  # [n, V]: row t predicts token t + 1
     targets = ids[first_target:]  # [n]
     return F.log_softmax(predicting, dim=-1).gather(-1, targets[:, None])[:, 0]  # [n]
 
 
-def token_logprobs(model: GPTNeoX, ids: Sequence[int] | torch.Tensor, *, window: int | None = None,
-                   stride: int | None = None) -> torch.Tensor:
+def token_logprobs(
+    model: GPTNeoX, ids: Sequence[int] | torch.Tensor, *, window: int | None = None, stride: int | None = None
+) -> torch.Tensor:
     """log p(ids[t] | ids[:t]) for t = 1 .. n-1 ([n] ids -> [n - 1] float32), ids[0] being context
     only; texts longer than the window are scored with a sliding window (see the module docstring)."""
     device = model.embed_out.weight.device
@@ -98,23 +99,33 @@ def token_logprobs(model: GPTNeoX, ids: Sequence[int] | torch.Tensor, *, window:
     if window > model.config.max_position_embeddings:
         raise ValueError(f"window {window} exceeds the context length {model.config.max_position_embeddings}")
     stride = stride or max(window // 2, 1)
-    pieces = [window_logprobs(model, ids[begin:end], first - begin)
-              for begin, end, first in window_spans(ids.numel(), window, stride)]
+    pieces = [
+        window_logprobs(model, ids[begin:end], first - begin)
+        for begin, end, first in window_spans(ids.numel(), window, stride)
+    ]
     return torch.cat(pieces)  # [n - 1]
 
 
-def score_ids(model: GPTNeoX, ids: Sequence[int], *, window: int | None = None,
-              stride: int | None = None, n_bytes: int = 0) -> Score:
+def score_ids(
+    model: GPTNeoX, ids: Sequence[int], *, window: int | None = None, stride: int | None = None, n_bytes: int = 0
+) -> Score:
     """Score ids[1:] (ids[0] is context only) -> Score. n_bytes: the bytes they spell, for bits per byte."""
     window = window or model.config.max_position_embeddings
     stride = stride or max(window // 2, 1)
     logprobs = token_logprobs(model, ids, window=window, stride=stride)  # [n - 1]
-    return Score(nll=-logprobs.double().sum().item(), tokens=logprobs.numel(), bytes=n_bytes,
-                 windows=len(window_spans(len(ids), window, stride)), window=window, stride=stride)
+    return Score(
+        nll=-logprobs.double().sum().item(),
+        tokens=logprobs.numel(),
+        bytes=n_bytes,
+        windows=len(window_spans(len(ids), window, stride)),
+        window=window,
+        stride=stride,
+    )
 
 
-def score_text(model: GPTNeoX, tokenizer: Tokenizer, text: str, *, window: int | None = None,
-               stride: int | None = None) -> Score:
+def score_text(
+    model: GPTNeoX, tokenizer: Tokenizer, text: str, *, window: int | None = None, stride: int | None = None
+) -> Score:
     """Perplexity, tokens scored and bits per byte of a text, conditioned on a leading <|endoftext|>."""
     if not text:
         raise ValueError("nothing to score: the text is empty")

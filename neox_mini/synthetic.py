@@ -29,8 +29,9 @@ def init_random_weights(model: GPTNeoX, seed: int = 0, std: float = 0.02) -> Non
             p.copy_(value.to(p.dtype))
 
 
-def random_model(config: NeoXConfig, seed: int = 0, dtype: torch.dtype | str | None = None,
-                 std: float = 0.02) -> GPTNeoX:
+def random_model(
+    config: NeoXConfig, seed: int = 0, dtype: torch.dtype | str | None = None, std: float = 0.02
+) -> GPTNeoX:
     """A GPTNeoX with seeded random weights (init_random_weights), in fp32 or the given dtype.
 
     Built on the meta device and materialised with to_empty, which skips nn's default random init
@@ -43,16 +44,22 @@ def random_model(config: NeoXConfig, seed: int = 0, dtype: torch.dtype | str | N
     return model.to(to_torch_dtype(dtype) or torch.float32).eval()
 
 
-def write_random_checkpoint(out: str | Path, config: NeoXConfig, *, dtype: str = "fp32", seed: int = 0,
-                            weights: str = "safetensors", max_shard_bytes: int | None = None,
-                            tokenizer: str | Path | None = None) -> Path:
+def write_random_checkpoint(
+    out: str | Path,
+    config: NeoXConfig,
+    *,
+    dtype: str = "fp32",
+    seed: int = 0,
+    weights: str = "safetensors",
+    max_shard_bytes: int | None = None,
+    tokenizer: str | Path | None = None,
+) -> Path:
     """random_model(config, seed, dtype) saved in the Hugging Face folder layout, plus a copy of
     `tokenizer` (a tokenizer.json) when given. Returns the folder."""
     if tokenizer is not None and not Path(tokenizer).is_file():  # checked first: a bad input writes nothing
         raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist")
     out = Path(out)
-    save_checkpoint(random_model(config, seed=seed, dtype=dtype), out, weights=weights,
-                    max_shard_bytes=max_shard_bytes)
+    save_checkpoint(random_model(config, seed=seed, dtype=dtype), out, weights=weights, max_shard_bytes=max_shard_bytes)
     if tokenizer is not None:
         shutil.copyfile(tokenizer, out / "tokenizer.json")
     return out

@@ -28,8 +28,10 @@ def find_tokenizer_file(path: str | Path) -> Path:
     path = Path(path)
     candidate = path / "tokenizer.json" if path.is_dir() else path
     if not candidate.is_file():
-        raise MissingTokenizerError(f"no tokenizer.json: looked for {candidate} (pass --tokenizer PATH, or "
-                                f"put the GPT-NeoX-20B tokenizer.json next to the weights)")
+        raise MissingTokenizerError(
+            f"no tokenizer.json: looked for {candidate} (pass --tokenizer PATH, or "
+            f"put the GPT-NeoX-20B tokenizer.json next to the weights)"
+        )
     return candidate
 
 

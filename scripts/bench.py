@@ -100,7 +100,7 @@ def alternate(fns: dict, runs: int, warmup: bool = True) -> dict[str, list[float
     values = {name: [] for name in fns}
     names = list(fns)
     for r in range(runs):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             wait_quiet()
             values[name].append(fns[name]())
     return values
@@ -170,14 +170,17 @@ def bench_decode(neox, hf, batch: int, runs: int, new_tokens: int) -> dict:
     def run_hf():
         def go():
             with torch.inference_mode():
-                outs["hf"] = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                         min_new_tokens=new_tokens, do_sample=False)
+                outs["hf"] = hf.generate(
+                    ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+                )
+
         return batch * new_tokens / timed(go)
 
     def run_neox():
         # vocab_limit=V: no masking of the padded vocabulary, so the tokens can equal transformers'
         def go():
             outs["neox"] = generate(neox, ids, new_tokens, vocab_limit=V)
+
         return batch * new_tokens / timed(go)
 
     values = alternate({"neox": run_neox, "hf": run_hf}, runs)
@@ -201,6 +204,7 @@ def bench_prefill(neox, hf, T: int, runs: int) -> dict:
         def go():
             with torch.inference_mode():
                 hf(ids, use_cache=True, logits_to_keep=1)
+
         return T / timed(go)
 
     values = alternate({"neox": run_neox, "hf": run_hf}, runs)
@@ -224,6 +228,7 @@ def bench_matvec(C: int, dtype: str, runs: int) -> dict:
                 reps = 20
                 t = timed(lambda: [fn() for _ in range(reps)])
             return nbytes * reps / t / 1e9
+
         return run
 
     values = alternate({"neox": rate(lambda: fast.linear(x, W)), "hf": rate(lambda: F.linear(x, W))}, runs)
@@ -273,16 +278,28 @@ def python_rss_kib(code: str, *args: str) -> int:
 
 def bench_rss(folder: Path, dtype: str, runs: int, threads: int) -> dict:
     """Peak RSS is deterministic to ~1 MiB (unlike times), so no warm-up run."""
+
     def mib(code):
         return lambda: python_rss_kib(code, str(folder)) / 1024
 
-    values = alternate({"neox": mib(NEOX_RSS.format(threads=threads)),
-                        "hf": mib(HF_RSS.format(threads=threads, dtype=DTYPE_CODE[dtype])),
-                        "torch": mib(TORCH_RSS)}, runs, warmup=False)
+    values = alternate(
+        {
+            "neox": mib(NEOX_RSS.format(threads=threads)),
+            "hf": mib(HF_RSS.format(threads=threads, dtype=DTYPE_CODE[dtype])),
+            "torch": mib(TORCH_RSS),
+        },
+        runs,
+        warmup=False,
+    )
     weights_mib = weight_bytes(folder) / 2**20
     torch_mib = statistics.median(values["torch"])
-    return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "import_torch": summary(values["torch"]),
-            "weights_mib": weights_mib, "budget_mib": torch_mib + 1.05 * weights_mib}
+    return {
+        "neox": summary(values["neox"]),
+        "hf": summary(values["hf"]),
+        "import_torch": summary(values["torch"]),
+        "weights_mib": weights_mib,
+        "budget_mib": torch_mib + 1.05 * weights_mib,
+    }
 
 
 def neox_cli() -> list[str]:
@@ -294,8 +311,7 @@ def neox_cli() -> list[str]:
 def bench_cold(folder: Path, dtype: str, runs: int, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     neox_cmd = [*neox_cli(), "generate", "--model", str(folder), "--dtype", dtype, "--greedy", "-n", "1", PROMPT_TEXT]
-    hf_cmd = [sys.executable, "-c", HF_COLD.format(threads=threads, dtype=DTYPE_CODE[dtype]),
-              str(folder), PROMPT_TEXT]
+    hf_cmd = [sys.executable, "-c", HF_COLD.format(threads=threads, dtype=DTYPE_CODE[dtype]), str(folder), PROMPT_TEXT]
 
     def wall(cmd):
         def run():
@@ -305,10 +321,15 @@ def bench_cold(folder: Path, dtype: str, runs: int, threads: int) -> dict:
             if out.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd[:3])} ... failed:\n{out.stderr[-2000:]}")
             return dt
+
         return run
 
     values = alternate({"neox": wall(neox_cmd), "hf": wall(hf_cmd)}, runs)
-    return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "neox_command": " ".join(neox_cmd[:2] + neox_cmd[2:-1]) + " PROMPT"}
+    return {
+        "neox": summary(values["neox"]),
+        "hf": summary(values["hf"]),
+        "neox_command": " ".join(neox_cmd[:2] + neox_cmd[2:-1]) + " PROMPT",
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -331,29 +352,52 @@ def environment(threads: int) -> dict:
     import transformers
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": threads, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="3 runs, and a subset: no matvec; decode batch 8 on 14m only; start-up on 14m and "
-                        "160m; RSS one run (it varies by < 1 MiB); bf16 decode batch 1 and RSS only "
-                        "(< 10 minutes on 2 cores)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 runs, and a subset: no matvec; decode batch 8 on 14m only; start-up on 14m and "
+        "160m; RSS one run (it varies by < 1 MiB); bf16 decode batch 1 and RSS only "
+        "(< 10 minutes on 2 cores)",
+    )
     p.add_argument("--sizes", nargs="+", default=["14m", "70m", "160m"])
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--only", nargs="+", choices=["matvec", "decode", "prefill", "cold", "rss"],
-                   default=["matvec", "decode", "prefill", "cold", "rss"])
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=["matvec", "decode", "prefill", "cold", "rss"],
+        default=["matvec", "decode", "prefill", "cold", "rss"],
+    )
     p.add_argument("--runs", type=int, help="measured runs per number (default 5, --quick 3; at least 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--cache", type=Path, default=Path("/tmp/neox_mini_bench"),
-                   help="folder for the random checkpoints (made once, reused)")
-    p.add_argument("--wait-quiet", type=float, default=2.0, metavar="S",
-                   help="before each measured run, wait up to S seconds until no other process wants a "
-                        "CPU (default 2; 0 = never wait)")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("/tmp/neox_mini_bench"),
+        help="folder for the random checkpoints (made once, reused)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="before each measured run, wait up to S seconds until no other process wants a "
+        "CPU (default 2; 0 = never wait)",
+    )
     p.add_argument("--json", type=Path, default=REPO / "bench_out" / "bench.json", help="where to write the results")
     a = p.parse_args(argv)
     runs = a.runs or (3 if a.quick else 5)
@@ -365,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     a.cache.mkdir(parents=True, exist_ok=True)
 
     env = environment(a.threads)
-    print(f"# {env['cpu']}, {env['cores']} cores ({env['cpu_capability']}), {a.threads} threads; torch {env['torch']}, "
-          f"transformers {env['transformers']}; {runs} runs; load average {load_avg()}", flush=True)
+    print(
+        f"# {env['cpu']}, {env['cores']} cores ({env['cpu_capability']}), {a.threads} threads; torch {env['torch']}, "
+        f"transformers {env['transformers']}; {runs} runs; load average {load_avg()}",
+        flush=True,
+    )
     results = {"environment": env, "runs": runs, "quick": a.quick, "results": []}
     started = time.perf_counter()
 
@@ -374,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(kind: str, size: str, dtype: str, params: dict, r: dict, label: str, digits: int = 0, goal: str = ""):
         seconds, last[0] = time.perf_counter() - last[0], time.perf_counter()
-        r.update(kind=kind, size=size, dtype=dtype, **params, ratio=ratio(r), load_avg=load_avg(),
-                 seconds=round(seconds, 1))
+        r.update(
+            kind=kind, size=size, dtype=dtype, **params, ratio=ratio(r), load_avg=load_avg(), seconds=round(seconds, 1)
+        )
         results["results"].append(r)
         print_row(label, r, digits, goal)
         a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -388,32 +436,68 @@ def main(argv: list[str] | None = None) -> int:
             for size, C in (("14m", 128), ("70m", 512), ("160m", 768)):
                 if size in a.sizes:
                     r = bench_matvec(C, dtype, runs)
-                    record("matvec", size, dtype, {}, r, f"{size} {dtype} LM-head matvec GB/s (fast.linear vs F.linear)", 1)
+                    record(
+                        "matvec", size, dtype, {}, r, f"{size} {dtype} LM-head matvec GB/s (fast.linear vs F.linear)", 1
+                    )
         for size in a.sizes:
             folder = checkpoint(a.cache, size, dtype)
             if {"decode", "prefill"} & set(a.only):
                 neox, hf = load_both(folder, dtype)
                 if "decode" in a.only:
-                    for batch in ((1,) if quick_bf16 or (a.quick and size != "14m") else (1, 8)):
-                        goal = {"14m": ">= 4x", "70m": ">= 2.5x", "160m": ">= 2.5x"}.get(size, "") if dtype == "fp32" and batch == 1 else ""
+                    for batch in (1,) if quick_bf16 or (a.quick and size != "14m") else (1, 8):
+                        goal = (
+                            {"14m": ">= 4x", "70m": ">= 2.5x", "160m": ">= 2.5x"}.get(size, "")
+                            if dtype == "fp32" and batch == 1
+                            else ""
+                        )
                         r = bench_decode(neox, hf, batch, runs, NEW_TOKENS)
-                        record("decode", size, dtype, {"batch": batch}, r, f"{size} {dtype} decode tok/s, batch {batch}"
-                               + ("" if r["same_tokens"] else " (tokens differ!)" if dtype == "fp32"
-                                  else " (tokens differ: bf16 rounds differently)"), 0, goal)
+                        record(
+                            "decode",
+                            size,
+                            dtype,
+                            {"batch": batch},
+                            r,
+                            f"{size} {dtype} decode tok/s, batch {batch}"
+                            + (
+                                ""
+                                if r["same_tokens"]
+                                else " (tokens differ!)"
+                                if dtype == "fp32"
+                                else " (tokens differ: bf16 rounds differently)"
+                            ),
+                            0,
+                            goal,
+                        )
                 if "prefill" in a.only and not quick_bf16:
                     for T in (512, 2048):
                         r = bench_prefill(neox, hf, T, runs)
-                        record("prefill", size, dtype, {"tokens": T}, r, f"{size} {dtype} prefill {T} tok/s", 0,
-                               ">= 1.3x" if dtype == "fp32" else "")
+                        record(
+                            "prefill",
+                            size,
+                            dtype,
+                            {"tokens": T},
+                            r,
+                            f"{size} {dtype} prefill {T} tok/s",
+                            0,
+                            ">= 1.3x" if dtype == "fp32" else "",
+                        )
                 del neox, hf
             if "cold" in a.only and not quick_bf16 and not (a.quick and size == "70m"):
                 r = bench_cold(folder, dtype, runs, a.threads)
                 record("cold", size, dtype, {}, r, f"{size} {dtype} start to first token, s", 2, "<= 0.5x")
             if "rss" in a.only:
                 r = bench_rss(folder, dtype, 1 if a.quick else runs, a.threads)
-                record("rss", size, dtype, {}, r, f"{size} {dtype} peak RSS MiB (budget {r['budget_mib']:.0f}: "
-                       f"torch {r['import_torch']['median']:.0f} + 1.05 x {r['weights_mib']:.0f} weights)", 0,
-                       f"neox <= {r['budget_mib']:.0f}")
+                record(
+                    "rss",
+                    size,
+                    dtype,
+                    {},
+                    r,
+                    f"{size} {dtype} peak RSS MiB (budget {r['budget_mib']:.0f}: "
+                    f"torch {r['import_torch']['median']:.0f} + 1.05 x {r['weights_mib']:.0f} weights)",
+                    0,
+                    f"neox <= {r['budget_mib']:.0f}",
+                )
     results["seconds"] = time.perf_counter() - started
     a.json.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\n{results['seconds']:.0f} s; load average now {load_avg()}; JSON: {a.json}")

@@ -21,7 +21,9 @@ from neox_mini.synthetic import write_random_checkpoint
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--size", help="a Pythia size (14m, 70m, 160m, ...); default 14m unless custom shape flags are given")
+    p.add_argument(
+        "--size", help="a Pythia size (14m, 70m, 160m, ...); default 14m unless custom shape flags are given"
+    )
     p.add_argument("--hidden-size", type=int)
     p.add_argument("--num-layers", type=int)
     p.add_argument("--num-heads", type=int)
@@ -41,14 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     if any(v is not None for v in custom):
         if a.size or not all(v is not None for v in custom):
             p.error("give either --size or all of --hidden-size, --num-layers, --num-heads")
-        config = NeoXConfig(vocab_size=a.vocab_size, hidden_size=a.hidden_size, num_layers=a.num_layers,
-                            num_heads=a.num_heads, intermediate_size=a.intermediate_size or 4 * a.hidden_size,
-                            rotary_pct=a.rotary_pct, use_parallel_residual=not a.sequential_residual,
-                            max_position_embeddings=a.max_position_embeddings)
+        config = NeoXConfig(
+            vocab_size=a.vocab_size,
+            hidden_size=a.hidden_size,
+            num_layers=a.num_layers,
+            num_heads=a.num_heads,
+            intermediate_size=a.intermediate_size or 4 * a.hidden_size,
+            rotary_pct=a.rotary_pct,
+            use_parallel_residual=not a.sequential_residual,
+            max_position_embeddings=a.max_position_embeddings,
+        )
     shard = int(a.max_shard_mb * 2**20) if a.max_shard_mb else None
     config = config or NeoXConfig.from_pythia(a.size or "14m")
-    out = write_random_checkpoint(a.out, config, dtype=a.dtype, seed=a.seed, weights=a.weights,
-                                  max_shard_bytes=shard, tokenizer=a.tokenizer)
+    out = write_random_checkpoint(
+        a.out, config, dtype=a.dtype, seed=a.seed, weights=a.weights, max_shard_bytes=shard, tokenizer=a.tokenizer
+    )
     print(f"wrote {out}")
     return 0
 

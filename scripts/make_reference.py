@@ -44,11 +44,28 @@ DEFAULT_TOKENIZER = ROOT.parent / "shared" / "tokenizer" / "gpt-neox-20b" / "tok
 GOLDEN = {
     "tiny-parallel": dict(
         config=NeoXConfig(vocab_size=50304, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=128),
-        seed=1, texts=None, top_k=32, channels=16),
+        seed=1,
+        texts=None,
+        top_k=32,
+        channels=16,
+    ),
     "tiny-sequential": dict(
-        config=NeoXConfig(vocab_size=50304, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=96,
-                          rotary_pct=0.5, rotary_base=500.0, use_parallel_residual=False, gelu="tanh"),
-        seed=2, texts=["Hello, I am", "My favorite food is"], top_k=16, channels=32),
+        config=NeoXConfig(
+            vocab_size=50304,
+            hidden_size=32,
+            num_layers=4,
+            num_heads=2,
+            intermediate_size=96,
+            rotary_pct=0.5,
+            rotary_base=500.0,
+            use_parallel_residual=False,
+            gelu="tanh",
+        ),
+        seed=2,
+        texts=["Hello, I am", "My favorite food is"],
+        top_k=16,
+        channels=32,
+    ),
 }
 
 
@@ -67,13 +84,20 @@ def make_golden(name: str, tokenizer: Path, out_dir: Path = GOLDEN_DIR) -> Path:
         model = build_synthetic(folder, recipe["config"], recipe["seed"])
         shutil.copyfile(tokenizer, folder / "tokenizer.json")
         extra = {
-            "synthetic_recipe": json.dumps({"config": dataclasses.asdict(recipe["config"]),
-                                            "seed": recipe["seed"], "dtype": "float32"}),
+            "synthetic_recipe": json.dumps(
+                {"config": dataclasses.asdict(recipe["config"]), "seed": recipe["seed"], "dtype": "float32"}
+            ),
             "weights_sha256": tensors_sha256(model.state_dict()),
             "made_by": "scripts/make_reference.py --golden",
         }
-        report = run_parity(folder, texts=recipe["texts"], save_reference_to=out_dir / f"{name}.safetensors",
-                            top_k=recipe["top_k"], max_channels=recipe["channels"], extra_metadata=extra)
+        report = run_parity(
+            folder,
+            texts=recipe["texts"],
+            save_reference_to=out_dir / f"{name}.safetensors",
+            top_k=recipe["top_k"],
+            max_channels=recipe["channels"],
+            extra_metadata=extra,
+        )
     print(report.format_table(), end="\n\n")
     if not report.passed:  # a golden file must come from a checkpoint where both implementations agree
         raise SystemExit(f"{name}: neox_mini and transformers disagree; not writing a golden file")
@@ -103,8 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not a.out:
             p.error("--model needs --out FILE")
-        report = run_parity(a.model, revision=a.revision, reference_dtype=a.dtype, prompts=a.prompts,
-                            save_reference_to=a.out, top_k=a.top_k, max_channels=a.channels)
+        report = run_parity(
+            a.model,
+            revision=a.revision,
+            reference_dtype=a.dtype,
+            prompts=a.prompts,
+            save_reference_to=a.out,
+            top_k=a.top_k,
+            max_channels=a.channels,
+        )
     except ParityError as e:
         print(f"make_reference: error: {e}", file=sys.stderr)
         return 2

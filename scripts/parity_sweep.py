@@ -37,8 +37,13 @@ TINY = NeoXConfig(vocab_size=50304, hidden_size=64, num_layers=2, num_heads=4, i
 def make_synthetic(size: str, folder: Path, tokenizer: Path | None) -> Path:
     """A random-weight checkpoint of a Pythia size ("14m", "70m", ...) or "tiny", seed 0."""
     config = TINY if size == "tiny" else NeoXConfig.from_pythia(size)
-    return write_random_checkpoint(folder / f"synthetic-{size}", config, dtype="fp32", seed=0,
-                                   tokenizer=tokenizer if tokenizer and tokenizer.is_file() else None)
+    return write_random_checkpoint(
+        folder / f"synthetic-{size}",
+        config,
+        dtype="fp32",
+        seed=0,
+        tokenizer=tokenizer if tokenizer and tokenizer.is_file() else None,
+    )
 
 
 def run_one(model: str, revision: str | None, dtype: str, gelu: str | None, label: str) -> dict:
@@ -52,32 +57,49 @@ def run_one(model: str, revision: str | None, dtype: str, gelu: str | None, labe
         first = report.first_divergence
         layers = [s for s in report.stats if s.name != "logits"]
         worst = max(layers, key=lambda s: s.rel_error)
-        row.update(status="PASS" if report.passed else "FAIL", tolerance=report.tolerance,
-                   logits_rel_error=report.stats[-1].rel_error, worst_layer=worst.name,
-                   worst_layer_rel_error=worst.rel_error, first_divergence=first.name if first else None,
-                   **report.next_token, report=report.to_dict())
+        row.update(
+            status="PASS" if report.passed else "FAIL",
+            tolerance=report.tolerance,
+            logits_rel_error=report.stats[-1].rel_error,
+            worst_layer=worst.name,
+            worst_layer_rel_error=worst.rel_error,
+            first_divergence=first.name if first else None,
+            **report.next_token,
+            report=report.to_dict(),
+        )
     row["seconds"] = round(time.perf_counter() - start, 2)
-    print(f"{row['status']:5}  {label} {revision or ''} {dtype} gelu={row['gelu']}  ({row['seconds']} s)"
-          + (f"  {row['error']}" if "error" in row else ""), flush=True)
+    print(
+        f"{row['status']:5}  {label} {revision or ''} {dtype} gelu={row['gelu']}  ({row['seconds']} s)"
+        + (f"  {row['error']}" if "error" in row else ""),
+        flush=True,
+    )
     return row
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"# neox_mini parity sweep, {meta['date']}", "",
-             f"torch {meta['torch']}, transformers {meta['transformers']}, device cpu. "
-             "rel error = max |ours - transformers| / max |transformers| (see neox_mini/parity.py).", "",
-             "| model | revision | dtype | gelu | status | tolerance | logits rel error | worst layer (rel error) "
-             "| KL mean (nats) | top-1 | top-5 | first divergence | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# neox_mini parity sweep, {meta['date']}",
+        "",
+        f"torch {meta['torch']}, transformers {meta['transformers']}, device cpu. "
+        "rel error = max |ours - transformers| / max |transformers| (see neox_mini/parity.py).",
+        "",
+        "| model | revision | dtype | gelu | status | tolerance | logits rel error | worst layer (rel error) "
+        "| KL mean (nats) | top-1 | top-5 | first divergence | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["status"] == "ERROR":
-            lines.append(f"| {r['model']} | {r['revision']} | {r['dtype']} | {r['gelu']} | ERROR | "
-                         f"{r['error'].replace('|', '/')} | | | | | | | {r['seconds']} |")
+            lines.append(
+                f"| {r['model']} | {r['revision']} | {r['dtype']} | {r['gelu']} | ERROR | "
+                f"{r['error'].replace('|', '/')} | | | | | | | {r['seconds']} |"
+            )
             continue
-        lines.append(f"| {r['model']} | {r['revision']} | {r['dtype']} | {r['gelu']} | {r['status']} | "
-                     f"{r['tolerance']:g} | {r['logits_rel_error']:.2e} | {r['worst_layer']} "
-                     f"({r['worst_layer_rel_error']:.2e}) | {r['kl_mean']:.2e} | {100 * r['top1_agreement']:.1f}% | "
-                     f"{100 * r['top5_agreement']:.1f}% | {r['first_divergence'] or '-'} | {r['seconds']} |")
+        lines.append(
+            f"| {r['model']} | {r['revision']} | {r['dtype']} | {r['gelu']} | {r['status']} | "
+            f"{r['tolerance']:g} | {r['logits_rel_error']:.2e} | {r['worst_layer']} "
+            f"({r['worst_layer_rel_error']:.2e}) | {r['kl_mean']:.2e} | {100 * r['top1_agreement']:.1f}% | "
+            f"{100 * r['top5_agreement']:.1f}% | {r['first_divergence'] or '-'} | {r['seconds']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -87,8 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--revisions", nargs="*", default=[None], help="revisions of each Hub model (default: main)")
     p.add_argument("--synthetic", nargs="*", default=[], help="random-weight checkpoints: tiny, 14m, 70m, ...")
     p.add_argument("--dtypes", nargs="*", default=["fp32"], choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--gelus", nargs="*", default=[None], choices=["erf", "tanh"],
-                   help="override neox_mini's GELU (default: the checkpoint's)")
+    p.add_argument(
+        "--gelus",
+        nargs="*",
+        default=[None],
+        choices=["erf", "tanh"],
+        help="override neox_mini's GELU (default: the checkpoint's)",
+    )
     p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER), help="tokenizer.json for synthetic checkpoints")
     p.add_argument("--out", required=True, help="report path without extension: writes OUT.json and OUT.md")
     a = p.parse_args(argv)
@@ -103,8 +130,17 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 folder = make_synthetic(size, Path(tmp), Path(a.tokenizer))
             except Exception as e:
-                rows.append({"model": f"synthetic {size}", "revision": "", "dtype": "", "gelu": "",
-                             "status": "ERROR", "error": " ".join(str(e).split()), "seconds": 0})
+                rows.append(
+                    {
+                        "model": f"synthetic {size}",
+                        "revision": "",
+                        "dtype": "",
+                        "gelu": "",
+                        "status": "ERROR",
+                        "error": " ".join(str(e).split()),
+                        "seconds": 0,
+                    }
+                )
                 continue
             for dtype in a.dtypes:
                 for gelu in a.gelus:
@@ -116,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
                     for gelu in a.gelus:
                         rows.append(run_one(model, revision, dtype, gelu, model))
 
-    meta = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({**meta, "runs": rows}, indent=2, default=str) + "\n",
-                                        encoding="utf-8")
+    out.with_suffix(".json").write_text(
+        json.dumps({**meta, "runs": rows}, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     out.with_suffix(".md").write_text(markdown(rows, meta), encoding="utf-8")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0 if all(r["status"] == "PASS" for r in rows) else 1

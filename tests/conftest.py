@@ -13,8 +13,10 @@ from helpers import TOKENIZER_JSON
 def tokenizer_json() -> Path:
     """The real GPT-NeoX-20B tokenizer.json, from ../shared next to the checkout (never a copy)."""
     if not TOKENIZER_JSON.is_file():
-        pytest.skip(f"the GPT-NeoX-20B tokenizer is not at {TOKENIZER_JSON}: the tests that tokenize real "
-                    f"text need ../shared/tokenizer/gpt-neox-20b/tokenizer.json beside the checkout")
+        pytest.skip(
+            f"the GPT-NeoX-20B tokenizer is not at {TOKENIZER_JSON}: the tests that tokenize real "
+            f"text need ../shared/tokenizer/gpt-neox-20b/tokenizer.json beside the checkout"
+        )
     return TOKENIZER_JSON
 
 

@@ -101,7 +101,7 @@ class FakeHub:
     def __init__(self):
         self.repos: dict[str, dict] = {}
         self.log: list[tuple[str, str]] = []  # (method, path), in arrival order
-        self.truncate: dict[str, int] = {}    # LFS sha256 -> bytes actually sent (a download cut short)
+        self.truncate: dict[str, int] = {}  # LFS sha256 -> bytes actually sent (a download cut short)
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
 
@@ -172,8 +172,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def error(self, status: int, code: str, message: str, extra: dict | None = None) -> None:
         body = json.dumps({"error": message}).encode()
-        self.reply(status, {"X-Error-Code": code, "X-Error-Message": message,
-                            "Content-Type": "application/json", **(extra or {})}, body)
+        self.reply(
+            status,
+            {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json", **(extra or {})},
+            body,
+        )
 
 
 class _HubHandler(_Handler):
@@ -208,8 +211,16 @@ class _HubHandler(_Handler):
         found = self.commit(repo_id, revision)
         if found:
             sha, files = found
-            body = json.dumps({"_id": sha[:24], "id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
-                               "siblings": [{"rfilename": n} for n in sorted(files)]}).encode()
+            body = json.dumps(
+                {
+                    "_id": sha[:24],
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": sha,
+                    "private": False,
+                    "siblings": [{"rfilename": n} for n in sorted(files)],
+                }
+            ).encode()
             self.reply(200, {"Content-Type": "application/json"}, body)
 
     def resolve(self, repo_id: str, revision: str, filename: str):
@@ -223,11 +234,21 @@ class _HubHandler(_Handler):
         if filename.endswith(LFS_SUFFIXES):
             digest = hashlib.sha256(data).hexdigest()
             pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{digest}\nsize {len(data)}\n"
-            return self.reply(302, {"Location": f"{self.hub.cdn_url}/lfs/{digest}", "X-Repo-Commit": sha,
-                                    "X-Linked-Etag": f'"{digest}"', "X-Linked-Size": str(len(data)),
-                                    "ETag": f'"{git_blob_sha1(pointer.encode())}"'})
-        self.reply(200, {"ETag": f'"{git_blob_sha1(data)}"', "X-Repo-Commit": sha,
-                         "Content-Type": "application/octet-stream"}, data)
+            return self.reply(
+                302,
+                {
+                    "Location": f"{self.hub.cdn_url}/lfs/{digest}",
+                    "X-Repo-Commit": sha,
+                    "X-Linked-Etag": f'"{digest}"',
+                    "X-Linked-Size": str(len(data)),
+                    "ETag": f'"{git_blob_sha1(pointer.encode())}"',
+                },
+            )
+        self.reply(
+            200,
+            {"ETag": f'"{git_blob_sha1(data)}"', "X-Repo-Commit": sha, "Content-Type": "application/octet-stream"},
+            data,
+        )
 
 
 class _CdnHandler(_Handler):

@@ -25,8 +25,9 @@ TOKENIZER_JSON = SHARED / "tokenizer" / "gpt-neox-20b" / "tokenizer.json"
 
 def tiny(**changes) -> NeoXConfig:
     """A 3-layer, 64-wide model with a 1001-row vocabulary and a 128-token context."""
-    base = dict(vocab_size=1001, hidden_size=64, num_layers=3, num_heads=4, intermediate_size=256,
-                max_position_embeddings=128)
+    base = dict(
+        vocab_size=1001, hidden_size=64, num_layers=3, num_heads=4, intermediate_size=256, max_position_embeddings=128
+    )
     return NeoXConfig(**{**base, **changes})
 
 
@@ -41,13 +42,20 @@ def hf_config(config: NeoXConfig):
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        intermediate_size=config.intermediate_size, rotary_pct=config.rotary_pct,
-        rotary_emb_base=config.rotary_base, max_position_embeddings=config.max_position_embeddings,
-        layer_norm_eps=config.layer_norm_eps, use_parallel_residual=config.use_parallel_residual,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        rotary_pct=config.rotary_pct,
+        rotary_emb_base=config.rotary_base,
+        max_position_embeddings=config.max_position_embeddings,
+        layer_norm_eps=config.layer_norm_eps,
+        use_parallel_residual=config.use_parallel_residual,
         hidden_act={"erf": "gelu", "tanh": "gelu_new"}[config.gelu],
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, tie_word_embeddings=False,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        tie_word_embeddings=False,
         attn_implementation="eager",
     )
 
@@ -76,8 +84,11 @@ def ours_from_hf(hf_model, config: NeoXConfig, dtype: torch.dtype = torch.float3
     as from_pretrained builds them."""
     with torch.device("meta"):
         model = GPTNeoX(config)
-    state = {HF_NAMES.get(k, k): v.detach().to(dtype, copy=True) for k, v in hf_model.state_dict().items()
-             if not k.endswith(LEGACY_BUFFER_SUFFIXES)}
+    state = {
+        HF_NAMES.get(k, k): v.detach().to(dtype, copy=True)
+        for k, v in hf_model.state_dict().items()
+        if not k.endswith(LEGACY_BUFFER_SUFFIXES)
+    }
     model.load_state_dict(state, strict=True, assign=True)
     model.rotary = RotaryEmbedding(config)
     return model.eval()

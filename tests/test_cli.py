@@ -39,8 +39,9 @@ def console_script() -> str:
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([console_script(), *args], capture_output=True, text=True, encoding="utf-8", env=env,
-                          timeout=600)
+    return subprocess.run(
+        [console_script(), *args], capture_output=True, text=True, encoding="utf-8", env=env, timeout=600
+    )
 
 
 @dataclass
@@ -65,6 +66,7 @@ def run(capsys, monkeypatch):
             code = e.code
         out = capsys.readouterr()
         return Result(code, out.out, out.err)
+
     return run
 
 
@@ -119,12 +121,24 @@ def test_greedy_in_process_and_stop_string(run, tiny, hf_greedy):
     stop = hf_greedy[30:34]  # four characters well inside the greedy continuation
     result = run("generate", "--greedy", "-n", "40", "--model", str(tiny), "--stop", stop, "Hello, I am")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == hf_greedy[:hf_greedy.index(stop)] + "\n"
+    assert result.stdout == hf_greedy[: hf_greedy.index(stop)] + "\n"
 
 
 def test_seeded_sampling_is_reproducible(run, tiny):
-    args = ["generate", "--model", str(tiny), "--seed", "7", "--temperature", "0.8", "--top-k", "50",
-            "-n", "20", "Hello, I am"]
+    args = [
+        "generate",
+        "--model",
+        str(tiny),
+        "--seed",
+        "7",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "50",
+        "-n",
+        "20",
+        "Hello, I am",
+    ]
     first, second = run(*args), run(*args)
     assert first.returncode == second.returncode == 0, first.stderr
     assert first.stdout == second.stdout
@@ -134,7 +148,7 @@ def test_seeded_sampling_is_reproducible(run, tiny):
     ids = generate(model, torch.tensor([tok.encode("Hello, I am")]), 20, temperature=0.8, top_k=50, seed=7)[0]
     new = ids[4:].tolist()
     if EOS_ID in new:
-        new = new[:new.index(EOS_ID)]
+        new = new[: new.index(EOS_ID)]
     assert first.stdout == tok.decode(ids[:4].tolist() + new) + "\n"
     other = generate(model, ids[None, :4], 20, temperature=0.8, top_k=50, seed=8)[0]
     assert not torch.equal(other, ids)  # the seed matters
@@ -152,8 +166,11 @@ def test_prompt_longer_than_the_context(run, tiny, tokenizer):
     prompt = "word " * 2100  # 2100 tokens + the trailing space
     n_tokens = len(tokenizer.encode(prompt))
     result = run("generate", "--greedy", "-n", "5", "--model", str(tiny), prompt)
-    assert_error(result, f"the prompt is {n_tokens} tokens; with -n 5 that is {n_tokens + 5} > the context "
-                         "length 2048", "--truncate")
+    assert_error(
+        result,
+        f"the prompt is {n_tokens} tokens; with -n 5 that is {n_tokens + 5} > the context length 2048",
+        "--truncate",
+    )
     result = run("generate", "--greedy", "-n", "5", "--truncate", "--model", str(tiny), prompt)
     assert result.returncode == 0, result.stderr
     assert f"prompt truncated from {n_tokens} to its last 2043 tokens" in result.stderr
@@ -186,7 +203,7 @@ def test_score_matches_transformers_loss(run, tiny, tmp_path):
     for begin, end, first in spans:
         window = torch.tensor([ids[begin:end]])
         labels = window.clone()
-        labels[:, :first - begin] = -100  # context only
+        labels[:, : first - begin] = -100  # context only
         with torch.no_grad():
             nll += reference(window, labels=labels).loss.double().item() * (end - first)
         count += end - first
@@ -219,13 +236,45 @@ def test_configs(run):
     result = run("configs")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["name", "layers", "d_model", "heads", "non-embedding", "total", "vocab",
-                                "batch", "(tokens)", "lr", "seed", "runs"]
-    assert lines[1].split() == ["pythia-14m", "6", "128", "4", "1,189,888", "14,067,712", "50304", "2,097,152",
-                                "1.0e-03", "seed1-9"]
+    assert lines[0].split() == [
+        "name",
+        "layers",
+        "d_model",
+        "heads",
+        "non-embedding",
+        "total",
+        "vocab",
+        "batch",
+        "(tokens)",
+        "lr",
+        "seed",
+        "runs",
+    ]
+    assert lines[1].split() == [
+        "pythia-14m",
+        "6",
+        "128",
+        "4",
+        "1,189,888",
+        "14,067,712",
+        "50304",
+        "2,097,152",
+        "1.0e-03",
+        "seed1-9",
+    ]
     assert lines[4].split()[-3:] == ["seed1-9,", "data-seed1-3,", "weight-seed1-3"]  # pythia-160m
-    assert lines[-1].split() == ["pythia-12b", "36", "5120", "40", "11,327,027,200", "11,846,072,320", "50688",
-                                 "2,097,152", "1.2e-04", "-"]
+    assert lines[-1].split() == [
+        "pythia-12b",
+        "36",
+        "5120",
+        "40",
+        "11,327,027,200",
+        "11,846,072,320",
+        "50688",
+        "2,097,152",
+        "1.2e-04",
+        "-",
+    ]
     assert len(lines) == 11
 
 
@@ -239,21 +288,30 @@ def test_help(run):
 
 
 def test_model_folder_that_does_not_exist(run, tmp_path):
-    assert_error(run("generate", "--model", str(tmp_path / "nowhere"), "Hi"),
-                 "neox-mini generate: error:", f"{tmp_path / 'nowhere'}", "does not exist")
+    assert_error(
+        run("generate", "--model", str(tmp_path / "nowhere"), "Hi"),
+        "neox-mini generate: error:",
+        f"{tmp_path / 'nowhere'}",
+        "does not exist",
+    )
 
 
 def test_missing_tokenizer_says_where_it_looked(run, tiny, tmp_path):
     for name in ("config.json", "model.safetensors"):
         shutil.copyfile(tiny / name, tmp_path / name)
-    assert_error(run("generate", "--model", str(tmp_path), "Hi"),
-                 f"no tokenizer.json: looked for {tmp_path.resolve() / 'tokenizer.json'}")
+    assert_error(
+        run("generate", "--model", str(tmp_path), "Hi"),
+        f"no tokenizer.json: looked for {tmp_path.resolve() / 'tokenizer.json'}",
+    )
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["generate", ""], ["the prompt is empty"]),
-    (["generate", "--top-p", "1.5", "Hi"], ["top_p must be in (0, 1]"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["generate", ""], ["the prompt is empty"]),
+        (["generate", "--top-p", "1.5", "Hi"], ["top_p must be in (0, 1]"]),
+    ],
+)
 def test_bad_generate_arguments(run, tiny, args, fragments):
     assert_error(run(args[0], "--model", str(tiny), *args[1:]), *fragments)
 
@@ -261,19 +319,22 @@ def test_bad_generate_arguments(run, tiny, args, fragments):
 def test_bad_files_to_score(run, tiny, tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café au lait".encode("latin-1"))
-    assert_error(run("score", "--model", str(tiny), str(latin1)),
-                 f"{latin1} is not UTF-8 text: byte 0xe9 at offset 3")
+    assert_error(run("score", "--model", str(tiny), str(latin1)), f"{latin1} is not UTF-8 text: byte 0xe9 at offset 3")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     assert_error(run("score", "--model", str(tiny), str(empty)), f"{empty} is empty")
 
 
 def test_more_bad_input(tiny, tmp_path, capsys):
-    cases = [(["score", "--model", str(tiny), str(tmp_path / "missing.txt")], "missing.txt: no such file"),
-             (["generate", "--model", str(tiny), "--temperature", "-1", "Hi"], "temperature must be >= 0"),
-             (["generate", "--model", str(tiny), "--stop", "", "Hi"], "--stop needs a non-empty text"),
-             (["generate", "--model", str(tiny), "-n", "2048", "--truncate", "Hi"],
-              "-n 2048 leaves no room for the prompt in the context length 2048")]
+    cases = [
+        (["score", "--model", str(tiny), str(tmp_path / "missing.txt")], "missing.txt: no such file"),
+        (["generate", "--model", str(tiny), "--temperature", "-1", "Hi"], "temperature must be >= 0"),
+        (["generate", "--model", str(tiny), "--stop", "", "Hi"], "--stop needs a non-empty text"),
+        (
+            ["generate", "--model", str(tiny), "-n", "2048", "--truncate", "Hi"],
+            "-n 2048 leaves no room for the prompt in the context length 2048",
+        ),
+    ]
     for argv, message in cases:
         assert main(argv) == 1
         err = capsys.readouterr().err
@@ -289,9 +350,13 @@ def test_debug_before_or_after_any_subcommand_raises_instead_of_one_line(tmp_pat
     """--debug lets the exception through (the console script then prints its traceback)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     nowhere = str(tmp_path / "nowhere")
-    for argv in (["generate", "--debug", "--model", nowhere, "Hi"], ["--debug", "generate", "--model", nowhere, "Hi"],
-                 ["info", "--debug", "--model", nowhere], ["parity", "--debug", "--model", nowhere],
-                 ["score", "--debug", "--model", nowhere, str(tmp_path / "file.txt")]):
+    for argv in (
+        ["generate", "--debug", "--model", nowhere, "Hi"],
+        ["--debug", "generate", "--model", nowhere, "Hi"],
+        ["info", "--debug", "--model", nowhere],
+        ["parity", "--debug", "--model", nowhere],
+        ["score", "--debug", "--model", nowhere, str(tmp_path / "file.txt")],
+    ):
         with pytest.raises(Exception, match="does not exist|no such file"):
             main(argv)
 

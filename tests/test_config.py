@@ -64,22 +64,52 @@ def test_the_config_is_architecture_only():
 
 
 ORIGINAL_STYLE = {  # EleutherAI/pythia-160m config.json as served (transformers 4.x era)
-    "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0,
-    "hidden_act": "gelu", "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-    "layer_norm_eps": 1e-05, "max_position_embeddings": 2048, "model_type": "gpt_neox",
-    "num_attention_heads": 12, "num_hidden_layers": 12, "rotary_emb_base": 10000, "rotary_pct": 0.25,
-    "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.24.0",
-    "use_cache": True, "use_parallel_residual": True, "vocab_size": 50304,
+    "architectures": ["GPTNeoXForCausalLM"],
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "hidden_act": "gelu",
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 2048,
+    "model_type": "gpt_neox",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "rotary_emb_base": 10000,
+    "rotary_pct": 0.25,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+    "transformers_version": "4.24.0",
+    "use_cache": True,
+    "use_parallel_residual": True,
+    "vocab_size": 50304,
 }
 V5_STYLE = {  # the same model as transformers 5.x writes it
-    "architectures": ["GPTNeoXForCausalLM"], "attention_bias": True, "attention_dropout": 0.0,
-    "bos_token_id": 0, "classifier_dropout": 0.1, "dtype": "float16", "eos_token_id": 0,
-    "hidden_act": "gelu", "hidden_dropout": 0.0, "hidden_size": 768, "initializer_range": 0.02,
-    "intermediate_size": 3072, "is_decoder": False, "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 2048, "model_type": "gpt_neox", "num_attention_heads": 12,
-    "num_hidden_layers": 12, "pad_token_id": None,
+    "architectures": ["GPTNeoXForCausalLM"],
+    "attention_bias": True,
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "classifier_dropout": 0.1,
+    "dtype": "float16",
+    "eos_token_id": 0,
+    "hidden_act": "gelu",
+    "hidden_dropout": 0.0,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "is_decoder": False,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 2048,
+    "model_type": "gpt_neox",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": None,
     "rope_parameters": {"partial_rotary_factor": 0.25, "rope_theta": 10000, "rope_type": "default"},
-    "tie_word_embeddings": False, "use_cache": True, "use_parallel_residual": True, "vocab_size": 50304,
+    "tie_word_embeddings": False,
+    "use_cache": True,
+    "use_parallel_residual": True,
+    "vocab_size": 50304,
 }
 
 
@@ -92,6 +122,7 @@ def test_from_hf_reads_both_styles_the_same():
 
 def test_from_hf_reads_a_file_and_a_folder(tmp_path):
     import json
+
     (tmp_path / "config.json").write_text(json.dumps(V5_STYLE))
     assert NeoXConfig.from_hf(tmp_path) == NeoXConfig.from_hf(tmp_path / "config.json") == NeoXConfig.from_hf(V5_STYLE)
 
@@ -101,19 +132,24 @@ def test_to_hf_round_trips():
     assert NeoXConfig.from_hf(cfg.to_hf()) == cfg
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"hidden_act": "relu"}, r"unsupported hidden_act='relu'"),
-    ({"hidden_act": "gelu_fast"}, r"unsupported hidden_act='gelu_fast'"),
-    ({"tie_word_embeddings": True}, r"unsupported tie_word_embeddings=True: .*untied embed_out"),
-    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, r"unsupported rope_scaling="),
-    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000, "factor": 2.0}},
-     r"unsupported rope_parameters.rope_type='dynamic'"),
-    ({"model_type": "llama"}, r"unsupported model_type='llama'"),
-    ({"attention_bias": False}, r"unsupported attention_bias=False"),
-    ({"torch_dtype": "int8"}, r"unsupported dtype='int8'"),
-    ({"num_attention_heads": 7}, r"hidden_size 768 is not divisible by num_heads 7"),
-    ({"rotary_pct": 0.3}, r"rotary dims .* must be even"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"hidden_act": "relu"}, r"unsupported hidden_act='relu'"),
+        ({"hidden_act": "gelu_fast"}, r"unsupported hidden_act='gelu_fast'"),
+        ({"tie_word_embeddings": True}, r"unsupported tie_word_embeddings=True: .*untied embed_out"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, r"unsupported rope_scaling="),
+        (
+            {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000, "factor": 2.0}},
+            r"unsupported rope_parameters.rope_type='dynamic'",
+        ),
+        ({"model_type": "llama"}, r"unsupported model_type='llama'"),
+        ({"attention_bias": False}, r"unsupported attention_bias=False"),
+        ({"torch_dtype": "int8"}, r"unsupported dtype='int8'"),
+        ({"num_attention_heads": 7}, r"hidden_size 768 is not divisible by num_heads 7"),
+        ({"rotary_pct": 0.3}, r"rotary dims .* must be even"),
+    ],
+)
 def test_from_hf_refuses_what_is_not_implemented(change, message):
     with pytest.raises(ConfigError, match=message):
         NeoXConfig.from_hf({**ORIGINAL_STYLE, **change})

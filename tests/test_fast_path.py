@@ -22,12 +22,27 @@ FP32 = TOLERANCES["float32"]
 
 CONFIGS = {
     # vocab 1024 = 8 * 128: the LM head goes through the batched product when decoding
-    "parallel": NeoXConfig(vocab_size=1024, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256,
-                           rotary_pct=0.25, max_position_embeddings=128),
+    "parallel": NeoXConfig(
+        vocab_size=1024,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=256,
+        rotary_pct=0.25,
+        max_position_embeddings=128,
+    ),
     # sequential residual, rotary on the whole head, a vocabulary that is no multiple of 8 (F.linear
     # fallback for the LM head)
-    "sequential": NeoXConfig(vocab_size=1001, hidden_size=48, num_layers=2, num_heads=2, intermediate_size=192,
-                             rotary_pct=1.0, use_parallel_residual=False, max_position_embeddings=128),
+    "sequential": NeoXConfig(
+        vocab_size=1001,
+        hidden_size=48,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=192,
+        rotary_pct=1.0,
+        use_parallel_residual=False,
+        max_position_embeddings=128,
+    ),
 }
 
 
@@ -91,7 +106,7 @@ def test_kv_cache_prefill_chunks_and_decode(models):
     ours.setup_kv_cache(2, 24)
     try:
         pieces = [fast.forward(ours, ids[:, :10]), fast.forward(ours, ids[:, 10:17], start_pos=10)]
-        pieces += [fast.forward(ours, ids[:, t:t + 1], start_pos=t) for t in range(17, 24)]
+        pieces += [fast.forward(ours, ids[:, t : t + 1], start_pos=t) for t in range(17, 24)]
     finally:
         ours.clear_kv_cache()
     assert relative_max_error(torch.cat(pieces, dim=1), ref) <= FP32
@@ -116,10 +131,10 @@ def test_left_padding_matches_each_row_alone(models):
         ours.clear_kv_cache()
     readable = ours(ids, position_ids=positions, attention_mask=mask)
     for row, n in enumerate(lengths):
-        alone = torch.cat([ids[row:row + 1, T - n:], step_ids[row:row + 1]], dim=1)  # [1, n + 1]
+        alone = torch.cat([ids[row : row + 1, T - n :], step_ids[row : row + 1]], dim=1)  # [1, n + 1]
         ref = hf(alone).logits
-        assert relative_max_error(prompt[row, T - n:], ref[0, :n]) <= FP32
-        assert relative_max_error(prompt[row, T - n:], readable[row, T - n:]) <= FP32
+        assert relative_max_error(prompt[row, T - n :], ref[0, :n]) <= FP32
+        assert relative_max_error(prompt[row, T - n :], readable[row, T - n :]) <= FP32
         assert relative_max_error(step[row], ref[0, n:]) <= FP32
 
 
@@ -150,8 +165,15 @@ def test_greedy_tokens_identical(models, B):
     got = generate(ours, ids, n, vocab_limit=ours.config.vocab_size)  # no padded-vocab mask: compare all ids
     assert torch.equal(got, readable_greedy(ours, ids, n))
     with torch.no_grad():
-        ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                          do_sample=False, eos_token_id=None, pad_token_id=1)
+        ref = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=1,
+        )
     assert torch.equal(got, ref)
 
 
@@ -180,8 +202,11 @@ def test_pythia_14m_shape(monkeypatch):
         ref = hf(ids).logits
     ours.setup_kv_cache(1, 12)
     try:
-        got = torch.cat([fast.forward(ours, ids[:, :8])] +
-                        [fast.forward(ours, ids[:, t:t + 1], start_pos=t) for t in range(8, 12)], dim=1)
+        got = torch.cat(
+            [fast.forward(ours, ids[:, :8])]
+            + [fast.forward(ours, ids[:, t : t + 1], start_pos=t) for t in range(8, 12)],
+            dim=1,
+        )
     finally:
         ours.clear_kv_cache()
     assert relative_max_error(got, ref) <= FP32

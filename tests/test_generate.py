@@ -20,8 +20,9 @@ from neox_mini.generation import (
 from neox_mini.pythia import TOKENIZER_VOCAB_SIZE
 from neox_mini.synthetic import init_random_weights
 
-TINY = NeoXConfig(vocab_size=1001, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256,
-                  max_position_embeddings=128)
+TINY = NeoXConfig(
+    vocab_size=1001, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256, max_position_embeddings=128
+)
 # The real padded vocabulary (50,304 rows for 50,277 token ids), at a tiny width.
 TINY_PADDED = TINY.replace(vocab_size=50304)
 
@@ -72,8 +73,11 @@ def test_logits_to_probs_top_k_top_p():
 
 def test_sample_is_reproducible_per_row_generator():
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
-    draw = lambda seed: torch.cat([sample(logits, 1.0, generator=[torch.Generator().manual_seed(seed)
-                                                                   for _ in range(3)]) for _ in range(20)], 1)
+
+    def draw(seed):
+        generators = [torch.Generator().manual_seed(seed) for _ in range(3)]
+        return torch.cat([sample(logits, 1.0, generator=generators) for _ in range(20)], 1)
+
     assert torch.equal(draw(7), draw(7))
     assert not torch.equal(draw(7), draw(8))
     assert torch.equal(sample(logits, 0.0), logits.argmax(-1, keepdim=True))
@@ -132,12 +136,14 @@ def test_left_pad():
     assert mask.tolist() == [[True, True, True], [False, False, True]]
 
 
-@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.9, top_k=50, seed=7),
-                                      dict(temperature=1.0, top_p=0.9, seed=3, repetition_penalty=1.3)])
+@pytest.mark.parametrize(
+    "sampling",
+    [dict(), dict(temperature=0.9, top_k=50, seed=7), dict(temperature=1.0, top_p=0.9, seed=3, repetition_penalty=1.3)],
+)
 def test_batched_equals_each_prompt_alone(model, sampling):
     batch = generate_batch(model, PROMPTS, 25, **sampling)
-    for prompt, row in zip(PROMPTS, batch):
-        alone = generate(model, torch.tensor([prompt]), 25, **sampling)[0, len(prompt):].tolist()
+    for prompt, row in zip(PROMPTS, batch, strict=True):
+        alone = generate(model, torch.tensor([prompt]), 25, **sampling)[0, len(prompt) :].tolist()
         assert row == alone, (prompt, sampling)
     assert len({tuple(r) for r in batch}) == len(PROMPTS)  # the rows really differ
 
@@ -157,11 +163,11 @@ def test_batch_eos_pads_finished_rows(model):
     free = generate_batch(model, PROMPTS, 12)
     eos = free[0][3]
     out = generate_batch(model, PROMPTS, 12, eos_id=eos)
-    for row_free, row in zip(free, out):
-        assert row == (row_free[:row_free.index(eos) + 1] if eos in row_free else row_free)
+    for row_free, row in zip(free, out, strict=True):
+        assert row == (row_free[: row_free.index(eos) + 1] if eos in row_free else row_free)
     # As a tensor, a row that finished early is filled with <|padding|>.
     ids, mask = left_pad(PROMPTS)
-    first_row = generate(model, ids, 12, attention_mask=mask, eos_id=eos)[0, ids.shape[1]:].tolist()
+    first_row = generate(model, ids, 12, attention_mask=mask, eos_id=eos)[0, ids.shape[1] :].tolist()
     end = free[0].index(eos) + 1
     assert first_row[:end] == free[0][:end] and set(first_row[end:]) <= {PAD_ID}
 
@@ -188,18 +194,18 @@ def test_split_at_stop():
 def test_stream_text_pieces_add_up_and_stop_string_cuts(padded_model, tok):
     prompt = tok.encode("Hello, I am")
     pieces = list(stream_text(padded_model, tok, prompt, 30, eos_id=None))
-    ids = generate(padded_model, torch.tensor([prompt]), 30)[0, len(prompt):].tolist()
+    ids = generate(padded_model, torch.tensor([prompt]), 30)[0, len(prompt) :].tolist()
     full = tok.decode(ids)
     assert "".join(pieces) == full and len(pieces) > 5
     # Stop at a string that spans a token boundary: everything before it, nothing after.
     k = len(tok.decode(ids[:10]))
-    stop = full[k - 2:k + 2]
+    stop = full[k - 2 : k + 2]
     cut = "".join(stream_text(padded_model, tok, prompt, 30, eos_id=None, stop=[stop]))
-    assert cut == full[:full.index(stop)]
+    assert cut == full[: full.index(stop)]
     # EOS: with a token of the output as "EOS", the text ends right before its first occurrence.
     eos = ids[12]
     text = "".join(stream_text(padded_model, tok, prompt, 30, eos_id=eos))
-    assert text == tok.decode(ids[:ids.index(eos)])
+    assert text == tok.decode(ids[: ids.index(eos)])
 
 
 def test_stream_text_stopping_early_frees_the_kv_cache(padded_model, tok):
@@ -213,27 +219,36 @@ def test_stream_text_stopping_early_frees_the_kv_cache(padded_model, tok):
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("ids, error, message", [
-    (torch.tensor([[5, 1001]]), ValueError, "token id 1001 is out of range: this model has ids 0..1000"),
-    (torch.tensor([[-3, 5]]), ValueError, "token id -3 is out of range"),
-    (torch.tensor([[5.0, 6.0]]), TypeError, "input_ids must be an integer tensor"),
-    (torch.zeros(1, 0, dtype=torch.long), ValueError, "input_ids is empty"),
-])
+@pytest.mark.parametrize(
+    "ids, error, message",
+    [
+        (torch.tensor([[5, 1001]]), ValueError, "token id 1001 is out of range: this model has ids 0..1000"),
+        (torch.tensor([[-3, 5]]), ValueError, "token id -3 is out of range"),
+        (torch.tensor([[5.0, 6.0]]), TypeError, "input_ids must be an integer tensor"),
+        (torch.zeros(1, 0, dtype=torch.long), ValueError, "input_ids is empty"),
+    ],
+)
 def test_bad_ids(model, ids, error, message):
     with pytest.raises(error, match=message):
         generate(model, ids, 5)
     assert model.kv_cache_shape is None  # nothing left allocated
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(max_new_tokens=120), r"prompt \(10 tokens\) \+ max_new_tokens \(120\) = 130 exceeds the context length 128"),
-    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
-    (dict(max_new_tokens=5, temperature=-1.0), "temperature must be >= 0"),
-    (dict(max_new_tokens=5, top_k=0), "top_k must be >= 1"),
-    (dict(max_new_tokens=5, top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(max_new_tokens=5, repetition_penalty=0.0), "repetition_penalty must be > 0"),
-    (dict(max_new_tokens=5, vocab_limit=0), "vocab_limit must be between 1 and the model's 1001 rows, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(max_new_tokens=120),
+            r"prompt \(10 tokens\) \+ max_new_tokens \(120\) = 130 exceeds the context length 128",
+        ),
+        (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
+        (dict(max_new_tokens=5, temperature=-1.0), "temperature must be >= 0"),
+        (dict(max_new_tokens=5, top_k=0), "top_k must be >= 1"),
+        (dict(max_new_tokens=5, top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(max_new_tokens=5, repetition_penalty=0.0), "repetition_penalty must be > 0"),
+        (dict(max_new_tokens=5, vocab_limit=0), "vocab_limit must be between 1 and the model's 1001 rows, got 0"),
+    ],
+)
 def test_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(model, torch.arange(10)[None], **kwargs)
@@ -243,8 +258,11 @@ def test_bad_batches(model, tok):
     with pytest.raises(ValueError, match="every prompt needs at least one token"):
         generate_batch(model, [[5, 6], []], 5)
     with pytest.raises(ValueError, match="row 1 of the batch has no real token"):
-        list(generate_tokens(model, torch.tensor([[5, 6], [1, 1]]), 3,
-                             attention_mask=torch.tensor([[True, True], [False, False]])))
+        list(
+            generate_tokens(
+                model, torch.tensor([[5, 6], [1, 1]]), 3, attention_mask=torch.tensor([[True, True], [False, False]])
+            )
+        )
     with pytest.raises(ValueError, match="the prompt is empty"):
         next(stream_text(model, tok, [], 5))
 

@@ -85,8 +85,8 @@ def test_name_and_revision_load_the_right_weights(cache, sources):
     assert not torch.equal(logits(a), logits(b))
     for model, rev in [(a, "step1000"), (b, "step2000")]:
         snapshot = root / "models--EleutherAI--pythia-70m" / "snapshots" / shas[rev]
-        assert torch.equal(logits(model), logits(snapshot))       # = loading the snapshot folder directly
-        assert torch.equal(logits(model), logits(sources[rev]))   # = the weights that were put there
+        assert torch.equal(logits(model), logits(snapshot))  # = loading the snapshot folder directly
+        assert torch.equal(logits(model), logits(sources[rev]))  # = the weights that were put there
         p = model.provenance
         assert (p["repo_id"], p["revision"], p["commit_sha"], p["source"]) == (REPO, rev, shas[rev], "cache")
         assert p["step"] == int(rev[4:]) and p["tokens"] == int(rev[4:]) * 2_097_152
@@ -104,13 +104,23 @@ def test_main_is_the_default_and_short_names_work(cache, sources):
         assert model.provenance["refs"] == ["main", "step143000"] and model.provenance["step"] == 143000
 
 
-@pytest.mark.parametrize("name, repo_id", [
-    ("pythia-160m", "EleutherAI/pythia-160m"), ("160m", "EleutherAI/pythia-160m"),
-    ("pythia-1.4b-deduped", "EleutherAI/pythia-1.4b-deduped"), ("1.4B-Deduped", "EleutherAI/pythia-1.4b-deduped"),
-    ("pythia-410m-v0", "EleutherAI/pythia-410m-v0"), ("EleutherAI/pythia-12b", "EleutherAI/pythia-12b"),
-    ("someone/my-model", "someone/my-model"),
-    ("model-folder", None), ("./pythia-160m", None), ("/abs/path", None), ("a/b/c", None), ("org/na--me", None),
-])
+@pytest.mark.parametrize(
+    "name, repo_id",
+    [
+        ("pythia-160m", "EleutherAI/pythia-160m"),
+        ("160m", "EleutherAI/pythia-160m"),
+        ("pythia-1.4b-deduped", "EleutherAI/pythia-1.4b-deduped"),
+        ("1.4B-Deduped", "EleutherAI/pythia-1.4b-deduped"),
+        ("pythia-410m-v0", "EleutherAI/pythia-410m-v0"),
+        ("EleutherAI/pythia-12b", "EleutherAI/pythia-12b"),
+        ("someone/my-model", "someone/my-model"),
+        ("model-folder", None),
+        ("./pythia-160m", None),
+        ("/abs/path", None),
+        ("a/b/c", None),
+        ("org/na--me", None),
+    ],
+)
 def test_hub_repo_id(name, repo_id):
     assert hub_repo_id(name) == repo_id
 
@@ -127,8 +137,12 @@ def test_a_commit_sha_works(cache, sources):
     model = from_pretrained(REPO, revision=shas["step2000"])
     assert torch.equal(logits(model), logits(sources["step2000"]))
     p = model.provenance
-    assert (p["revision"], p["commit_sha"], p["refs"], p["step"]) == (shas["step2000"], shas["step2000"],
-                                                                       ["step2000"], 2000)
+    assert (p["revision"], p["commit_sha"], p["refs"], p["step"]) == (
+        shas["step2000"],
+        shas["step2000"],
+        ["step2000"],
+        2000,
+    )
     # A snapshot no ref points at is reachable by its sha only.
     lone = add_to_cache(root, REPO, folder_files(sources["step1000"]) | {"extra.txt": b"x"})
     assert resolve_model(REPO, lone) == root / "models--EleutherAI--pythia-70m" / "snapshots" / lone
@@ -152,8 +166,11 @@ def test_offline_mode_loads_from_the_cache_and_lists_it_when_missing(cache, sour
 def test_an_unknown_revision_is_refused_with_the_nearest_ones_before_any_lookup(cache):
     root, _ = cache
     before = tree_state(root)
-    with pytest.raises(ResolveError, match=r"step 1,001 is not a published checkpoint of EleutherAI/pythia-70m; "
-                                           r"nearest: step1000, step2000, step512"):
+    with pytest.raises(
+        ResolveError,
+        match=r"step 1,001 is not a published checkpoint of EleutherAI/pythia-70m; "
+        r"nearest: step1000, step2000, step512",
+    ):
         from_pretrained(REPO, revision="step1001")
     with pytest.raises(ResolveError, match=r"'step01000' is not a checkpoint name.*nearest: step1000"):
         from_pretrained("pythia-70m", revision="step01000")
@@ -166,8 +183,11 @@ def test_an_unknown_revision_is_refused_with_the_nearest_ones_before_any_lookup(
 def test_a_known_issue_revision_warns(cache, sources):
     root, _ = cache
     step1 = add_to_cache(root, REPO, folder_files(sources["main"]) | {"note": b"step1"}, ["step1"])
-    with pytest.warns(KnownIssueWarning, match=r"EleutherAI/pythia-70m at step1 is on the known-issues list "
-                                               r"\(early-steps-identical\).*github\.com/EleutherAI/pythia/issues/83"):
+    with pytest.warns(
+        KnownIssueWarning,
+        match=r"EleutherAI/pythia-70m at step1 is on the known-issues list "
+        r"\(early-steps-identical\).*github\.com/EleutherAI/pythia/issues/83",
+    ):
         model = from_pretrained(REPO, revision="step1")
     assert model.provenance["known_issues"] == ["early-steps-identical"]
     # The same commit asked for by sha: the cached ref that points at it still triggers the warning.
@@ -194,8 +214,12 @@ def test_known_issues_are_per_repo(tmp_path, sources, monkeypatch):
 def test_a_snapshot_missing_its_weights_is_reported(cache, sources, monkeypatch):
     root, shas = cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    only_config = add_to_cache(root, REPO, {"config.json": (sources["main"] / "config.json").read_bytes(),
-                                            "tokenizer.json": b"{}"}, ["step4000"])
+    only_config = add_to_cache(
+        root,
+        REPO,
+        {"config.json": (sources["main"] / "config.json").read_bytes(), "tokenizer.json": b"{}"},
+        ["step4000"],
+    )
     with pytest.raises(ResolveError) as info:
         from_pretrained(REPO, revision="step4000")
     message = str(info.value)
@@ -224,8 +248,13 @@ def test_a_snapshot_folder_loaded_directly_knows_its_repo_and_commit(cache):
     root, shas = cache
     snapshot = root / "models--EleutherAI--pythia-70m" / "snapshots" / shas["step1000"]
     p = from_pretrained(snapshot).provenance
-    assert (p["source"], p["repo_id"], p["commit_sha"], p["refs"], p["step"]) == ("local", REPO, shas["step1000"],
-                                                                                   ["step1000"], 1000)
+    assert (p["source"], p["repo_id"], p["commit_sha"], p["refs"], p["step"]) == (
+        "local",
+        REPO,
+        shas["step1000"],
+        ["step1000"],
+        1000,
+    )
 
 
 def test_cache_root_follows_the_huggingface_order(monkeypatch, tmp_path):
@@ -262,26 +291,39 @@ class Worker:
     imported (it reads HF_ENDPOINT once, at import time)."""
 
     def __init__(self, endpoint: str, home: Path):
-        env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=str(home),
-                   # huggingface_hub otherwise fetches its "agent harness" registry (telemetry) from the
-                   # endpoint once a day; that request has nothing to do with the model files.
-                   HF_HUB_DISABLE_TELEMETRY="1",
-                   TQDM_POSITION="-1")  # progress bars on even though stderr is not a terminal
+        env = dict(
+            os.environ,
+            HF_ENDPOINT=endpoint,
+            HF_HOME=str(home),
+            # huggingface_hub otherwise fetches its "agent harness" registry (telemetry) from the
+            # endpoint once a day; that request has nothing to do with the model files.
+            HF_HUB_DISABLE_TELEMETRY="1",
+            TQDM_POSITION="-1",
+        )  # progress bars on even though stderr is not a terminal
         for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN"):
             env.pop(var, None)
         self.stderr_path = home / "worker-stderr.txt"
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "fake_hub.py")], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(self.stderr_path, "w"), text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "fake_hub.py")],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(self.stderr_path, "w"),
+            text=True,
+        )
 
     def load(self, name, revision=None, *, cache: Path, offline=False) -> dict:
-        cmd = {"name": name, "revision": revision, "ids": IDS[0].tolist(),
-               "env": {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1" if offline else "0"}}
+        cmd = {
+            "name": name,
+            "revision": revision,
+            "ids": IDS[0].tolist(),
+            "env": {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1" if offline else "0"},
+        }
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         for line in self.proc.stdout:
             if line.startswith("RESULT "):
-                return json.loads(line[len("RESULT "):])
+                return json.loads(line[len("RESULT ") :])
         raise RuntimeError(f"the worker died: {self.stderr_path.read_text()[-2000:]}")
 
     def close(self):
@@ -298,16 +340,21 @@ def served(tmp_path_factory, sources):
     hub = FakeHub()
     main = folder_files(sources["main"]) | {
         "pytorch_model.bin": (tiny_checkpoint(base / "main-bin", 0, weights="bin") / "pytorch_model.bin").read_bytes(),
-        "tokenizer.json": b'{"fake": "tokenizer"}', "README.md": b"# pythia-70m\n", ".gitattributes": b"*.bin lfs\n",
-        "special_tokens_map.json": b"{}"}
+        "tokenizer.json": b'{"fake": "tokenizer"}',
+        "README.md": b"# pythia-70m\n",
+        ".gitattributes": b"*.bin lfs\n",
+        "special_tokens_map.json": b"{}",
+    }
     sharded = folder_files(tiny_checkpoint(base / "st-shards", 1, max_shard_bytes=40_000))
     sharded |= folder_files(tiny_checkpoint(base / "bin-shards", 1, weights="bin", max_shard_bytes=40_000))
     assert sum(n.endswith(".safetensors") for n in sharded) >= 3 and "pytorch_model.bin.index.json" in sharded
     bin_only = folder_files(tiny_checkpoint(base / "bin", 2, weights="bin"))
-    shas = {"main": hub.add(REPO, ["main", "step143000"], main),
-            "step1000": hub.add(REPO, ["step1000"], sharded),
-            "step2000": hub.add(REPO, ["step2000"], bin_only),
-            "weightless": hub.add("someone/weightless", ["main"], {"config.json": b"{}", "README.md": b"hi"})}
+    shas = {
+        "main": hub.add(REPO, ["main", "step143000"], main),
+        "step1000": hub.add(REPO, ["step1000"], sharded),
+        "step2000": hub.add(REPO, ["step2000"], bin_only),
+        "weightless": hub.add("someone/weightless", ["main"], {"config.json": b"{}", "README.md": b"hi"}),
+    }
     url = hub.start()
     worker = Worker(url, base)
     yield hub, worker, shas, base
@@ -315,7 +362,8 @@ def served(tmp_path_factory, sources):
     hub.stop()
 
 
-def resolve_path(sha): return f"/EleutherAI/pythia-70m/resolve/{sha}"
+def resolve_path(sha):
+    return f"/EleutherAI/pythia-70m/resolve/{sha}"
 
 
 def test_download_fetches_only_the_needed_files_and_a_second_run_nothing(served, sources, tmp_path):
@@ -327,9 +375,11 @@ def test_download_fetches_only_the_needed_files_and_a_second_run_nothing(served,
     digest = __import__("hashlib").sha256((sources["main"] / "model.safetensors").read_bytes()).hexdigest()
     assert hub.take_log() == [
         ("GET", "/api/models/EleutherAI/pythia-70m/revision/main"),  # the file list at that revision
-        ("HEAD", f"{resolve_path(sha)}/config.json"), ("GET", f"{resolve_path(sha)}/config.json"),
-        ("HEAD", f"{resolve_path(sha)}/tokenizer.json"), ("GET", f"{resolve_path(sha)}/tokenizer.json"),
-        ("HEAD", f"{resolve_path(sha)}/model.safetensors"),          # 302 to the "CDN"
+        ("HEAD", f"{resolve_path(sha)}/config.json"),
+        ("GET", f"{resolve_path(sha)}/config.json"),
+        ("HEAD", f"{resolve_path(sha)}/tokenizer.json"),
+        ("GET", f"{resolve_path(sha)}/tokenizer.json"),
+        ("HEAD", f"{resolve_path(sha)}/model.safetensors"),  # 302 to the "CDN"
         ("CDN GET", f"/lfs/{digest}"),
     ]  # not pytorch_model.bin, README.md, special_tokens_map.json, .gitattributes
     p = first["provenance"]
@@ -361,7 +411,9 @@ def test_download_sharded_safetensors_and_bin_only_revisions(served, tmp_path):
     hub.take_log()
     sharded = worker.load("pythia-70m", "step1000", cache=cache)
     assert sharded["ok"], sharded
-    fetched = sorted(path.rsplit("/", 1)[1] for method, path in hub.take_log() if method == "GET" and "/resolve/" in path)
+    fetched = sorted(
+        path.rsplit("/", 1)[1] for method, path in hub.take_log() if method == "GET" and "/resolve/" in path
+    )
     assert fetched == ["config.json", "model.safetensors.index.json"]  # shards come from the CDN
     snapshot = cache / "models--EleutherAI--pythia-70m" / "snapshots" / shas["step1000"]
     names = sorted(os.listdir(snapshot))
@@ -385,6 +437,7 @@ def test_a_download_failing_midway_leaves_the_cache_as_it_was(served, sources, t
     before = tree_state(cache)
     shards = sorted(n for n in hub.repos[REPO]["commits"][shas["step1000"]] if n.endswith(".safetensors"))
     import hashlib
+
     last = hashlib.sha256(hub.repos[REPO]["commits"][shas["step1000"]][shards[-1]]).hexdigest()
     hub.truncate[last] = 1000  # the last shard's transfer stops after 1,000 bytes
     try:
@@ -411,7 +464,9 @@ def test_download_errors(served, tmp_path):
     hub.take_log()
 
     unknown_repo = worker.load("EleutherAI/pythia-nope", cache=cache)
-    assert unknown_repo["error"].startswith("ResolveError: EleutherAI/pythia-nope is not a model repo on http://127.0.0.1")
+    assert unknown_repo["error"].startswith(
+        "ResolveError: EleutherAI/pythia-nope is not a model repo on http://127.0.0.1"
+    )
     unknown_rev = worker.load("someone/weightless", "v2", cache=cache)
     assert "someone/weightless has no revision 'v2'" in unknown_rev["error"]
     no_weights = worker.load("someone/weightless", cache=cache)

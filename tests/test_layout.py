@@ -33,8 +33,11 @@ def project_imports() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 found |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):
-                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
-                    if node.level else node.module
+                base = (
+                    importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                    if node.level
+                    else node.module
+                )
                 for a in node.names:  # `from . import pythia` imports the submodule, not the package
                     found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
         graph[name] = {m for m in found if m in modules and m != name}
@@ -51,7 +54,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -121,14 +124,18 @@ sys.argv = ["neox_mini", "configs"]
 runpy.run_module("neox_mini", run_name="__main__")  # what `python -m neox_mini configs` runs
 """
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     first, *table = proc.stdout.splitlines()
     facts = json.loads(first)
     assert Path(facts["file"]).resolve().is_relative_to(checkout.resolve()), facts["file"]
-    assert (facts["layers"], facts["repo"], facts["seed_run"]) == (6, "EleutherAI/pythia-160m",
-                                                                    "EleutherAI/pythia-410m-seed4")
+    assert (facts["layers"], facts["repo"], facts["seed_run"]) == (
+        6,
+        "EleutherAI/pythia-160m",
+        "EleutherAI/pythia-410m-seed4",
+    )
     assert table[0].startswith("name") and len(table) == 11 and table[-1].startswith("pythia-12b")
 
 

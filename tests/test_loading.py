@@ -19,8 +19,9 @@ from neox_mini import CheckpointError, ConfigError, GPTNeoX, NeoXConfig, from_pr
 from neox_mini.checkpoint import save_checkpoint
 from neox_mini.parity import TOLERANCES, difference
 
-CONFIG = NeoXConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=128,
-                    max_position_embeddings=64)
+CONFIG = NeoXConfig(
+    vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=64
+)
 IDS = torch.tensor([[1, 5, 9, 100, 127, 3]])
 
 
@@ -52,7 +53,9 @@ def test_round_trip_gives_the_same_logits(folder):
     with torch.no_grad():
         assert torch.equal(model(IDS), random_model()(IDS))
     assert model.provenance["dtype"] == "float32"
-    assert model.provenance["files"] == {str(folder / "model.safetensors"): os.path.getsize(folder / "model.safetensors")}
+    assert model.provenance["files"] == {
+        str(folder / "model.safetensors"): os.path.getsize(folder / "model.safetensors")
+    }
 
 
 def test_weights_stay_memory_mapped_without_a_copy(tmp_path):
@@ -80,13 +83,16 @@ print(loaded - before, rss() - before)
     assert after_forward > 0.8 * weight_bytes, "the forward pass should have paged the weights in"
 
 
-@pytest.mark.parametrize("stored, requested, expected", [
-    (torch.float16, None, torch.float16),  # default: the checkpoint's own dtype
-    (torch.bfloat16, None, torch.bfloat16),
-    (torch.float32, "bf16", torch.bfloat16),
-    (torch.float16, "fp32", torch.float32),
-    (torch.float32, torch.float16, torch.float16),
-])
+@pytest.mark.parametrize(
+    "stored, requested, expected",
+    [
+        (torch.float16, None, torch.float16),  # default: the checkpoint's own dtype
+        (torch.bfloat16, None, torch.bfloat16),
+        (torch.float32, "bf16", torch.bfloat16),
+        (torch.float16, "fp32", torch.float32),
+        (torch.float32, torch.float16, torch.float16),
+    ],
+)
 def test_dtype_default_is_stored_dtype_and_can_be_cast(tmp_path, stored, requested, expected):
     save_checkpoint(random_model(dtype=stored), tmp_path)
     model = from_pretrained(tmp_path, dtype=requested)

@@ -64,8 +64,10 @@ def test_greedy_generation_matches_transformers(pair):
     got = generate(ours, prompt, max_new_tokens=40)
     assert got.shape == expected.shape == (1, 47)
     mismatch = (got != expected).nonzero()
-    assert mismatch.numel() == 0, f"first differing token at position {mismatch[0].tolist()}: " \
-                                  f"ours {got[0, 7:].tolist()} vs transformers {expected[0, 7:].tolist()}"
+    assert mismatch.numel() == 0, (
+        f"first differing token at position {mismatch[0].tolist()}: "
+        f"ours {got[0, 7:].tolist()} vs transformers {expected[0, 7:].tolist()}"
+    )
 
 
 def test_kv_cache_path_equals_no_cache_path(pair):
@@ -77,7 +79,7 @@ def test_kv_cache_path_equals_no_cache_path(pair):
         try:
             steps = [ours(ids[:, :8])]  # prefill 8 tokens
             for pos in range(8, 20):  # then one token at a time
-                steps.append(ours(ids[:, pos:pos + 1], start_pos=pos))
+                steps.append(ours(ids[:, pos : pos + 1], start_pos=pos))
         finally:
             ours.clear_kv_cache()
     cached = torch.cat(steps, dim=1)

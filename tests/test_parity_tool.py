@@ -67,8 +67,14 @@ def run_without_transformers(tmp_path: Path, argvs: list[list[str]]) -> list[dic
         print(json.dumps({"results": results, "transformers_modules": loaded}))
     """)
     env = {**__import__("os").environ, "PYTHONPATH": str(block)}
-    proc = subprocess.run([sys.executable, "-c", runner, json.dumps(argvs)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", runner, json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["transformers_modules"] == []
@@ -140,7 +146,7 @@ def test_against_transformers_json_statistics(against_json):
     assert report["tolerance"] == tol
     for a in report["activations"]:
         assert a["compared"] == "all values" and a["within_tolerance"]
-        assert 0 <= a["rel_error"] <= tol and a["nmse"] <= tol ** 2
+        assert 0 <= a["rel_error"] <= tol and a["nmse"] <= tol**2
     assert report["activations"][0]["max_abs"] == 0.0  # an embedding lookup is exact
     nt = report["next_token"]
     assert nt["top1_agreement"] == 1.0 and nt["top5_agreement"] == 1.0
@@ -156,8 +162,10 @@ def without_transformers(made_reference, checkpoint, tmp_path_factory) -> dict[s
     and each golden fixture on its checkpoint rebuilt from the seed in the file (see below)."""
     tmp = tmp_path_factory.mktemp("blocked")
     ref, _, _ = made_reference
-    argvs = {"reference": ["parity", "--model", str(checkpoint), "--reference", str(ref)],
-             "against": ["parity", "--model", str(checkpoint), "--against", "transformers"]}
+    argvs = {
+        "reference": ["parity", "--model", str(checkpoint), "--reference", str(ref)],
+        "against": ["parity", "--model", str(checkpoint), "--against", "transformers"],
+    }
     for name in GOLDEN_FIXTURES:
         path = GOLDEN / f"{name}.safetensors"
         assert path.is_file(), f"{path} is missing: run python scripts/make_reference.py --golden"
@@ -167,10 +175,11 @@ def without_transformers(made_reference, checkpoint, tmp_path_factory) -> dict[s
         fields = {f.name for f in dataclasses.fields(NeoXConfig)}
         config = NeoXConfig(**{k: v for k, v in recipe["config"].items() if k in fields})
         model = build_synthetic(tmp / name, config, recipe["seed"])
-        assert tensors_sha256(model.state_dict()) == meta["weights_sha256"], \
+        assert tensors_sha256(model.state_dict()) == meta["weights_sha256"], (
             f"{name}: the rebuilt checkpoint is not the one the golden file was made from"
+        )
         argvs[name] = ["parity", "--model", str(tmp / name), "--reference", str(path), "--json"]
-    return dict(zip(argvs, run_without_transformers(tmp, list(argvs.values()))))
+    return dict(zip(argvs, run_without_transformers(tmp, list(argvs.values())), strict=True))
 
 
 def test_reference_passes_without_transformers(without_transformers):
@@ -189,13 +198,28 @@ def test_reference_file_contents(made_reference):
     with safe_open(str(ref), framework="pt") as f:
         meta = f.metadata()
         shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    for key in ("repo_id", "revision", "commit_sha", "reference_dtype", "transformers_version", "torch_version",
-                "date", "config", "inputs", "activations"):
+    for key in (
+        "repo_id",
+        "revision",
+        "commit_sha",
+        "reference_dtype",
+        "transformers_version",
+        "torch_version",
+        "date",
+        "config",
+        "inputs",
+        "activations",
+    ):
         assert key in meta, key
     assert meta["reference_dtype"] == "float32"
     config = json.loads(meta["config"])
-    assert {k: config[k] for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")} \
-        == {"vocab_size": 50304, "hidden_size": 64, "num_layers": 5, "num_heads": 4, "intermediate_size": 256}
+    assert {k: config[k] for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")} == {
+        "vocab_size": 50304,
+        "hidden_size": 64,
+        "num_layers": 5,
+        "num_heads": 4,
+        "intermediate_size": 256,
+    }
     assert json.loads(meta["activations"]) == NAMES
     N = shapes["input_ids"][0]
     assert shapes["logits.top_values"] == [N, 64] and shapes["logits.top_indices"] == [N, 64]
@@ -207,12 +231,15 @@ def test_reference_file_contents(made_reference):
 # ----------------------------------------------------------------------------- divergence is localised
 
 
-@pytest.mark.parametrize("tensor, first", [
-    ("gpt_neox.layers.3.mlp.dense_4h_to_h.weight", "gpt_neox.layers.3"),
-    ("gpt_neox.layers.0.attention.query_key_value.weight", "gpt_neox.layers.0"),
-    ("gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm"),
-    ("embed_out.weight", "logits"),
-])
+@pytest.mark.parametrize(
+    "tensor, first",
+    [
+        ("gpt_neox.layers.3.mlp.dense_4h_to_h.weight", "gpt_neox.layers.3"),
+        ("gpt_neox.layers.0.attention.query_key_value.weight", "gpt_neox.layers.0"),
+        ("gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm"),
+        ("embed_out.weight", "logits"),
+    ],
+)
 def test_changed_tensor_names_the_first_diverging_layer(made_reference, checkpoint, tmp_path, capsys, tensor, first):
     ref, _, _ = made_reference
     changed = changed_copy(checkpoint, tmp_path / "changed", tensor)
@@ -222,7 +249,7 @@ def test_changed_tensor_names_the_first_diverging_layer(made_reference, checkpoi
     assert report["first_divergence"] == first
     by_name = {a["name"]: a for a in report["activations"]}
     names = NAMES + ["logits"]
-    for name in names[:names.index(first)]:  # everything before it is untouched by the change
+    for name in names[: names.index(first)]:  # everything before it is untouched by the change
         assert by_name[name]["within_tolerance"], name
     assert by_name[first]["rel_error"] > 100 * TOLERANCES["float32"]
     rc, table, _ = parity(capsys, "--model", changed, "--reference", ref)
@@ -233,8 +260,10 @@ def test_a_change_outside_the_stored_channels_is_caught_by_the_norm():
     # C = 256 stores 64 channels; change only channel 1 (not stored) of layer 1 in "our" outputs.
     N, C, V = 10, 256, 100
     gen = torch.Generator().manual_seed(0)
-    acts = {name: torch.randn(N, C, generator=gen) for name in ["gpt_neox.embed_in", "gpt_neox.layers.0",
-                                                                "gpt_neox.layers.1", "gpt_neox.final_layer_norm"]}
+    acts = {
+        name: torch.randn(N, C, generator=gen)
+        for name in ["gpt_neox.embed_in", "gpt_neox.layers.0", "gpt_neox.layers.1", "gpt_neox.final_layer_norm"]
+    }
     logits = torch.randn(N, V, generator=gen)
     channels = channel_subset(C)
     assert 1 not in channels.tolist() and channels[0] == 0 and channels[-1] == C - 1 and len(channels) == 64
@@ -268,8 +297,9 @@ def test_next_token_stats_exact_and_lumped_kl():
     # Our top-5 shares 4 of the reference's 5 tokens: agreement 0.8.
     swapped = ref.clone()
     swapped[:, order.indices[:, 4]] = -100.0
-    assert next_token_stats(swapped[:1], order.values[:1], order.indices[:1],
-                            ref[:1].logsumexp(-1))["top5_agreement"] == pytest.approx(0.8)
+    assert next_token_stats(swapped[:1], order.values[:1], order.indices[:1], ref[:1].logsumexp(-1))[
+        "top5_agreement"
+    ] == pytest.approx(0.8)
 
 
 # ----------------------------------------------------------------------------- GELU: erf vs tanh
@@ -311,10 +341,12 @@ def test_bad_reference_files_are_clear_errors(made_reference, checkpoint, tmp_pa
 
     def other_ids(tensors, meta):
         tensors["input_ids"] = tensors["input_ids"].flip(0).contiguous()
+
     other = rewrite(ref, tmp_path / "other_ids.safetensors", other_ids)
 
     def edited_logits(tensors, meta):
         tensors["logits.top_values"] = tensors["logits.top_values"] + 1
+
     edited = rewrite(ref, tmp_path / "edited.safetensors", edited_logits)
 
     prompts = tmp_path / "prompts.txt"
@@ -326,8 +358,10 @@ def test_bad_reference_files_are_clear_errors(made_reference, checkpoint, tmp_pa
         (["--reference", plain], "is not a valid parity reference: metadata 'format'"),
         (["--reference", other], "input_ids do not match the checksum"),
         (["--reference", edited], "tensor data does not match the checksum"),
-        (["--reference", GOLDEN / "tiny-parallel.safetensors"],
-         "another shape: hidden_size 32 (reference) vs 64 (this model), num_layers 4 (reference) vs 5"),
+        (
+            ["--reference", GOLDEN / "tiny-parallel.safetensors"],
+            "another shape: hidden_size 32 (reference) vs 64 (this model), num_layers 4 (reference) vs 5",
+        ),
         (["--reference", ref, "--prompts", prompts], "are not the ids stored in reference file"),
         (["--reference", ref, "--save-reference", tmp_path / "new.safetensors"], "cannot be combined"),
         (["--against", "transformers", "--prompts", tmp_path / "missing.txt"], "prompts file"),
@@ -398,13 +432,27 @@ def test_parity_sweep_writes_one_report(tmp_path):
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     out = tmp_path / "sweep"
-    rc = parity_sweep.main(["--synthetic", "tiny", "--dtypes", "fp32", "bf16", "--models",
-                            str(tmp_path / "not-a-model"), "--out", str(out)])
+    rc = parity_sweep.main(
+        [
+            "--synthetic",
+            "tiny",
+            "--dtypes",
+            "fp32",
+            "bf16",
+            "--models",
+            str(tmp_path / "not-a-model"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 1  # the missing model is an ERROR row, so not everything passed
     runs = json.loads(out.with_suffix(".json").read_text())["runs"]
     assert [(r["model"], r["dtype"], r["status"]) for r in runs] == [
-        ("synthetic tiny", "fp32", "PASS"), ("synthetic tiny", "bf16", "PASS"),
-        (str(tmp_path / "not-a-model"), "fp32", "ERROR"), (str(tmp_path / "not-a-model"), "bf16", "ERROR")]
+        ("synthetic tiny", "fp32", "PASS"),
+        ("synthetic tiny", "bf16", "PASS"),
+        (str(tmp_path / "not-a-model"), "fp32", "ERROR"),
+        (str(tmp_path / "not-a-model"), "bf16", "ERROR"),
+    ]
     assert runs[0]["tolerance"] == TOLERANCES["float32"] and runs[1]["tolerance"] == TOLERANCES["bfloat16"]
     assert "does not exist" in runs[2]["error"]
     md = out.with_suffix(".md").read_text()

@@ -27,22 +27,25 @@ from neox_mini.pythia import (
 # ----------------------------------------------------------------------------- names
 
 
-@pytest.mark.parametrize("name, row, repo_id", [
-    ("pythia-160m", "pythia-160m", "EleutherAI/pythia-160m"),
-    ("160m", "pythia-160m", "EleutherAI/pythia-160m"),
-    ("EleutherAI/pythia-160m", "pythia-160m", "EleutherAI/pythia-160m"),
-    ("eleutherai/Pythia-160M-Deduped", "pythia-160m", "EleutherAI/pythia-160m-deduped"),
-    ("1.4B-Deduped", "pythia-1.4b", "EleutherAI/pythia-1.4b-deduped"),
-    ("PYTHIA-1.4B", "pythia-1.4b", "EleutherAI/pythia-1.4b"),
-    ("pythia-410m-v0", "pythia-410m", "EleutherAI/pythia-410m-v0"),
-    ("pythia-160m-deduped-v0", "pythia-160m", "EleutherAI/pythia-160m-deduped-v0"),
-    ("pythia-12b", "pythia-12b", "EleutherAI/pythia-12b"),
-    # The PolyPythias seed runs: pythia-{14m..410m}-seed{1..9}, pythia-160m-{data,weight}-seed{1..3}
-    ("pythia-14m-seed1", "pythia-14m", "EleutherAI/pythia-14m-seed1"),
-    ("EleutherAI/pythia-410m-seed9", "pythia-410m", "EleutherAI/pythia-410m-seed9"),
-    ("pythia-160m-data-seed3", "pythia-160m", "EleutherAI/pythia-160m-data-seed3"),
-    ("pythia-160m-weight-seed2", "pythia-160m", "EleutherAI/pythia-160m-weight-seed2"),
-])
+@pytest.mark.parametrize(
+    "name, row, repo_id",
+    [
+        ("pythia-160m", "pythia-160m", "EleutherAI/pythia-160m"),
+        ("160m", "pythia-160m", "EleutherAI/pythia-160m"),
+        ("EleutherAI/pythia-160m", "pythia-160m", "EleutherAI/pythia-160m"),
+        ("eleutherai/Pythia-160M-Deduped", "pythia-160m", "EleutherAI/pythia-160m-deduped"),
+        ("1.4B-Deduped", "pythia-1.4b", "EleutherAI/pythia-1.4b-deduped"),
+        ("PYTHIA-1.4B", "pythia-1.4b", "EleutherAI/pythia-1.4b"),
+        ("pythia-410m-v0", "pythia-410m", "EleutherAI/pythia-410m-v0"),
+        ("pythia-160m-deduped-v0", "pythia-160m", "EleutherAI/pythia-160m-deduped-v0"),
+        ("pythia-12b", "pythia-12b", "EleutherAI/pythia-12b"),
+        # The PolyPythias seed runs: pythia-{14m..410m}-seed{1..9}, pythia-160m-{data,weight}-seed{1..3}
+        ("pythia-14m-seed1", "pythia-14m", "EleutherAI/pythia-14m-seed1"),
+        ("EleutherAI/pythia-410m-seed9", "pythia-410m", "EleutherAI/pythia-410m-seed9"),
+        ("pythia-160m-data-seed3", "pythia-160m", "EleutherAI/pythia-160m-data-seed3"),
+        ("pythia-160m-weight-seed2", "pythia-160m", "EleutherAI/pythia-160m-weight-seed2"),
+    ],
+)
 def test_one_parser_for_config_and_hub_names(name, row, repo_id):
     assert parse_name(name).row == row and parse_name(name).repo_id == repo_id
     # NeoXConfig.from_pythia and from_pretrained's name resolution accept exactly these names.
@@ -50,17 +53,20 @@ def test_one_parser_for_config_and_hub_names(name, row, repo_id):
     assert hub_repo_id(name) == repo_id
 
 
-@pytest.mark.parametrize("name, message", [
-    ("pythia-7b", r"'pythia-7b' is not a Pythia model; sizes are: 14m, 31m, 70m, .*, 12b"),
-    ("pythia-999m", r"'pythia-999m' is not a Pythia model; sizes are: 14m, 31m, 70m"),
-    ("pythia-1.3b", r"pre-2023 name of pythia-1.4b: use pythia-1.4b .* or pythia-1.4b-v0"),
-    ("pythia-125m", r"pre-2023 name of pythia-160m"),
-    ("13b-deduped", r"pre-2023 name of pythia-12b"),
-    ("pythia-1b-seed1", r"the seed runs of pythia-1b are: none"),
-    ("pythia-70m-seed10", r"the seed runs of pythia-70m are: pythia-70m-seed1, .*pythia-70m-seed9"),
-    ("pythia-70m-data-seed1", r"'pythia-70m-data-seed1' is not a Pythia model"),
-    ("pythia-160m-seed1-v0", r"is not a Pythia model"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("pythia-7b", r"'pythia-7b' is not a Pythia model; sizes are: 14m, 31m, 70m, .*, 12b"),
+        ("pythia-999m", r"'pythia-999m' is not a Pythia model; sizes are: 14m, 31m, 70m"),
+        ("pythia-1.3b", r"pre-2023 name of pythia-1.4b: use pythia-1.4b .* or pythia-1.4b-v0"),
+        ("pythia-125m", r"pre-2023 name of pythia-160m"),
+        ("13b-deduped", r"pre-2023 name of pythia-12b"),
+        ("pythia-1b-seed1", r"the seed runs of pythia-1b are: none"),
+        ("pythia-70m-seed10", r"the seed runs of pythia-70m are: pythia-70m-seed1, .*pythia-70m-seed9"),
+        ("pythia-70m-data-seed1", r"'pythia-70m-data-seed1' is not a Pythia model"),
+        ("pythia-160m-seed1-v0", r"is not a Pythia model"),
+    ],
+)
 def test_config_and_hub_refuse_the_same_names_with_the_same_message(name, message):
     for load in (NeoXConfig.from_pythia, hub_repo_id):
         with pytest.raises(UnknownModelError, match=message):
@@ -81,8 +87,14 @@ def test_seed_runs_are_listed_where_they_exist():
     runs = {name: row["seed_runs"] for name, row in table().items()}
     for size in ("14m", "31m", "70m", "160m", "410m"):
         assert [r for r in runs[f"pythia-{size}"] if r.startswith("seed")] == [f"seed{i}" for i in range(1, 10)]
-    assert [r for r in runs["pythia-160m"] if not r.startswith("seed")] == \
-        ["data-seed1", "data-seed2", "data-seed3", "weight-seed1", "weight-seed2", "weight-seed3"]
+    assert [r for r in runs["pythia-160m"] if not r.startswith("seed")] == [
+        "data-seed1",
+        "data-seed2",
+        "data-seed3",
+        "weight-seed1",
+        "weight-seed2",
+        "weight-seed3",
+    ]
     assert all(runs[f"pythia-{size}"] == [] for size in ("1b", "1.4b", "2.8b", "6.9b", "12b"))
 
 
@@ -91,12 +103,24 @@ def test_seed_runs_are_listed_where_they_exist():
 
 def test_the_schedule_has_154_checkpoints():
     assert len(REVISIONS) == len(set(REVISIONS)) == 154
-    assert REVISIONS[:12] == ("step0", "step1", "step2", "step4", "step8", "step16", "step32", "step64",
-                              "step128", "step256", "step512", "step1000")
+    assert REVISIONS[:12] == (
+        "step0",
+        "step1",
+        "step2",
+        "step4",
+        "step8",
+        "step16",
+        "step32",
+        "step64",
+        "step128",
+        "step256",
+        "step512",
+        "step1000",
+    )
     assert REVISIONS[-1] == "step143000"
     assert list(STEPS) == sorted(STEPS)
     assert [s for s in STEPS if s >= 1000] == list(range(1000, 143001, 1000))  # 143 evenly spaced
-    assert all(f"step{s}" == r for s, r in zip(STEPS, REVISIONS))
+    assert all(f"step{s}" == r for s, r in zip(STEPS, REVISIONS, strict=True))
 
 
 def test_step_to_tokens_matches_the_published_numbers():
@@ -130,15 +154,18 @@ def test_revision_step():
     assert revision_step("refs/pr/1") is None
 
 
-@pytest.mark.parametrize("revision, nearest", [
-    ("step3001", ["step3000", "step4000", "step2000"]),   # a step that was never saved
-    ("step700", ["step512", "step1000", "step256"]),
-    ("step143001", ["step143000", "step142000", "step141000"]),
-    ("step03000", ["step3000", "step2000", "step4000"]),  # malformed: leading zero (ties: earlier first)
-    ("Step3000", ["step3000", "step2000", "step4000"]),   # malformed: capital S
-    ("3000", ["step3000", "step2000", "step4000"]),       # malformed: no "step"
-    ("step 5", ["step4", "step8", "step2"]),
-])
+@pytest.mark.parametrize(
+    "revision, nearest",
+    [
+        ("step3001", ["step3000", "step4000", "step2000"]),  # a step that was never saved
+        ("step700", ["step512", "step1000", "step256"]),
+        ("step143001", ["step143000", "step142000", "step141000"]),
+        ("step03000", ["step3000", "step2000", "step4000"]),  # malformed: leading zero (ties: earlier first)
+        ("Step3000", ["step3000", "step2000", "step4000"]),  # malformed: capital S
+        ("3000", ["step3000", "step2000", "step4000"]),  # malformed: no "step"
+        ("step 5", ["step4", "step8", "step2"]),
+    ],
+)
 def test_a_bad_step_name_is_rejected_with_the_nearest_valid_ones(revision, nearest):
     with pytest.raises(RevisionError) as info:
         check_revision(revision, "EleutherAI/pythia-160m")
@@ -186,8 +213,9 @@ def test_known_issues_are_well_formed_and_cite_their_sources():
         assert set(issue) == {"id", "repos", "revisions", "summary", "sources"}, issue["id"]
         assert set(issue["revisions"]) <= set(REVISIONS), issue["id"]
         assert len(issue["revisions"]) == len(set(issue["revisions"])), issue["id"]
-        assert issue["sources"] and all(re.fullmatch(r"https://github\.com/EleutherAI/pythia/issues/\d+", s)
-                                        for s in issue["sources"]), issue["id"]
+        assert issue["sources"] and all(
+            re.fullmatch(r"https://github\.com/EleutherAI/pythia/issues/\d+", s) for s in issue["sources"]
+        ), issue["id"]
         assert len(issue["summary"]) > 100
     by_id = {i["id"]: i for i in issues}
     assert by_id["early-steps-identical"]["revisions"] == ["step0", "step1", "step2"]
@@ -198,8 +226,15 @@ def test_known_issues_are_well_formed_and_cite_their_sources():
     unique = set(REVISIONS) - equal_main - equal_final
     assert len(unique) == 68 and min(revision_step(r) for r in unique) == 66000
     assert by_id["pythia-12b-first-shard-is-final"]["revisions"] == ["step50000", "step58000"]
-    assert [s.rsplit("/", 1)[1] for i in issues for s in i["sources"]] == ["83", "198", "205", "195", "205", "195",
-                                                                         "206"]
+    assert [s.rsplit("/", 1)[1] for i in issues for s in i["sources"]] == [
+        "83",
+        "198",
+        "205",
+        "195",
+        "205",
+        "195",
+        "206",
+    ]
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -211,7 +246,7 @@ def test_cli_revisions_prints_the_154_checkpoints(capsys):
     assert main(["revisions"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 154
-    for line, revision in zip(lines, REVISIONS):
+    for line, revision in zip(lines, REVISIONS, strict=True):
         name, step, tokens = line.split()[:3]
         assert name == revision
         assert int(step.replace(",", "")) == revision_step(revision)

@@ -60,9 +60,11 @@ def find_pythia() -> dict[str, Path]:
 
 
 MODELS = find_pythia()
-NOT_FOUND = ("no real Pythia weights on this machine: set NEOX_MINI_PYTHIA_DIR to a folder of checkpoint "
-             f"folders (pythia-70m/, ...), or put EleutherAI/pythia-* snapshots in the Hugging Face cache "
-             f"({_hub_cache()})")
+NOT_FOUND = (
+    "no real Pythia weights on this machine: set NEOX_MINI_PYTHIA_DIR to a folder of checkpoint "
+    f"folders (pythia-70m/, ...), or put EleutherAI/pythia-* snapshots in the Hugging Face cache "
+    f"({_hub_cache()})"
+)
 
 
 def models_or_skip(names):
@@ -75,8 +77,9 @@ def skip_if_too_big(folder: Path, copies: int) -> None:
     need = NeoXConfig.from_hf(folder).num_params() * 4 * copies
     have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > 0.8 * have:
-        pytest.skip(f"{folder.name}: {copies} fp32 copies need ~{need / 2**30:.0f} GiB, "
-                    f"this machine has {have / 2**30:.0f} GiB")
+        pytest.skip(
+            f"{folder.name}: {copies} fp32 copies need ~{need / 2**30:.0f} GiB, this machine has {have / 2**30:.0f} GiB"
+        )
 
 
 @pytest.mark.parametrize("name", models_or_skip(MODELS))
@@ -105,8 +108,9 @@ def test_gelu_tanh_vs_erf_on_real_weights(name):
     assert report.next_token["kl_mean"] < 1e-2  # ... but it is a small difference
 
 
-@pytest.mark.skipif("pythia-410m-deduped" not in MODELS, reason="EleutherAI/pythia-410m-deduped (main) not found: "
-                    + NOT_FOUND)
+@pytest.mark.skipif(
+    "pythia-410m-deduped" not in MODELS, reason="EleutherAI/pythia-410m-deduped (main) not found: " + NOT_FOUND
+)
 def test_pythia_410m_deduped_greedy_generation_matches_transformers_integration_test():
     folder = MODELS["pythia-410m-deduped"]
     model = from_pretrained(folder, dtype="fp32")  # transformers' test runs in fp32

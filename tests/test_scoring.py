@@ -13,14 +13,17 @@ from neox_mini.scoring import score_ids, score_text, token_logprobs, window_span
 
 # The real padded vocabulary (so real text can be scored) at a tiny width, with a short context so
 # that a short text already needs many windows.
-CONFIG = NeoXConfig(vocab_size=50304, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256,
-                    max_position_embeddings=64)
+CONFIG = NeoXConfig(
+    vocab_size=50304, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256, max_position_embeddings=64
+)
 
 
 def sample_text(n_words: int, seed: int = 0) -> str:
     """Deterministic text with punctuation, numbers, newlines and multi-byte characters."""
-    words = ("the model reads every token of a long document and predicts the next one , . ; "
-             "Pythia GPT-NeoX rotary attention 2048 3.14 naïve café 東京 — \n").split(" ")
+    words = (
+        "the model reads every token of a long document and predicts the next one , . ; "
+        "Pythia GPT-NeoX rotary attention 2048 3.14 naïve café 東京 — \n"
+    ).split(" ")
     rng = random.Random(seed)
     return " ".join(rng.choice(words) for _ in range(n_words))
 
@@ -41,7 +44,7 @@ def hf_nll(reference, ids, spans):
     for begin, end, first in spans:
         window = torch.tensor([ids[begin:end]])
         labels = window.clone()
-        labels[:, :first - begin] = -100  # context only; the labels are shifted inside the loss
+        labels[:, : first - begin] = -100  # context only; the labels are shifted inside the loss
         with torch.no_grad():
             loss = reference(window, labels=labels).loss
         total += loss.double().item() * (end - first)
@@ -49,8 +52,9 @@ def hf_nll(reference, ids, spans):
     return total, count
 
 
-@pytest.mark.parametrize("n, window, stride", [(10, 4, 4), (10, 4, 1), (2049, 2048, 1024), (3, 8, 8),
-                                               (100, 64, 32), (1000, 7, 3)])
+@pytest.mark.parametrize(
+    "n, window, stride", [(10, 4, 4), (10, 4, 1), (2049, 2048, 1024), (3, 8, 8), (100, 64, 32), (1000, 7, 3)]
+)
 def test_windows_score_every_token_once(n, window, stride):
     spans = window_spans(n, window, stride)
     scored = [t for _, end, first in spans for t in range(first, end)]
@@ -58,7 +62,7 @@ def test_windows_score_every_token_once(n, window, stride):
     for begin, end, first in spans:
         assert end - begin <= window and begin < first < end  # every target has context in its window
     if stride < window - 1:  # overlapping windows: every target after the first window has
-        for begin, end, first in spans[1:]:  # at least window - stride tokens of context
+        for begin, _end, first in spans[1:]:  # at least window - stride tokens of context
             assert first - begin >= window - stride
 
 

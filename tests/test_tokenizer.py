@@ -111,8 +111,10 @@ def test_stream_equals_one_shot_decode_on_random_ids(tok):
     byte_tokens = [i for i in range(tok.vocab_size) if tok.decode([i]) == REPLACEMENT_CHAR]
     assert len(byte_tokens) > 100  # the partial-UTF-8 byte tokens exist and get mixed in below
     for _ in range(200):
-        ids = [rng.choice(byte_tokens) if rng.random() < 0.4 else rng.randrange(tok.vocab_size)
-               for _ in range(rng.randrange(1, 30))]
+        ids = [
+            rng.choice(byte_tokens) if rng.random() < 0.4 else rng.randrange(tok.vocab_size)
+            for _ in range(rng.randrange(1, 30))
+        ]
         pieces = stream(tok, ids)
         assert "".join(pieces) == tok.decode(ids)
         assert not any(p.endswith(REPLACEMENT_CHAR) for p in pieces[:-1])
