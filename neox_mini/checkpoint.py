@@ -1,7 +1,7 @@
 """The Hugging Face checkpoint folder format: which weight files a folder has, reading and checking
 their tensors, and writing a folder in the same layout.
 
-    find_weight_files(folder)            -> ("safetensors" | "bin", files), the preferred set
+    find_weight_files(folder)            -> ("safetensors" | "bin", files, shard index), the preferred set
     read_state_dict(folder, expected)    -> tensors checked against the names/shapes a model needs
     save_checkpoint(model, folder)       -> config.json + model.safetensors (or .bin, or shards)
 
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from .config import DTYPE_NAMES
+from .config import DTYPE_NAMES, DuplicateKeyError, unique_keys
 from .errors import CheckpointError
 
 # Buffers that old GPT-NeoX checkpoints carry but that are not weights: the causal-mask triangle
@@ -46,68 +48,123 @@ def to_torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return getattr(torch, name)
 
 
-def find_weight_files(folder: Path) -> tuple[str, list[Path]]:
-    """('safetensors' | 'bin', the files to read) for a checkpoint folder."""
+def find_weight_files(folder: Path) -> tuple[str, list[Path], dict[str, str] | None]:
+    """('safetensors' | 'bin', the files to read, the shard index's weight_map or None) for a
+    checkpoint folder. Shards are read only from the folder itself: see read_weight_map."""
     for name in WEIGHT_FILES:
         path = folder / name
         if not path.is_file():
             continue
         kind = "safetensors" if ".safetensors" in name else "bin"
         if not name.endswith(".index.json"):
-            return kind, [path]
-        shards = shard_names(path)
+            return kind, [path], None
+        weight_map = read_weight_map(path)
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{path} lists shard(s) that are not in {folder}: {', '.join(missing)}")
-        return kind, [folder / s for s in shards]
+        return kind, [folder / s for s in shards], weight_map
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     raise CheckpointError(
         f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}; found {present or 'nothing'}"
     )
 
 
-def shard_names(index: Path) -> list[str]:
-    """The shard file names a `*.index.json` lists in its weight_map, sorted, each once."""
+def read_weight_map(index: Path) -> dict[str, str]:
+    """The weight_map of a `*.index.json`: tensor name -> shard file name.
+
+    A shard must be a plain file name beside the index: a path ("../other/x.safetensors",
+    "/etc/x", "sub/x") would make the loader read, or probe for, files outside the model folder,
+    so it is refused, naming the tensor."""
     try:
-        return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{index}: not a valid shard index (needs a 'weight_map'): {e}") from None
+        weight_map = json.loads(index.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)["weight_map"]
+    except DuplicateKeyError as e:  # a tensor listed twice: which shard would hold it?
+        raise CheckpointError(f"{index}: {e}") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index (needs a 'weight_map'): {one_line(e)}") from None
+    if not isinstance(weight_map, dict):
+        kind = type(weight_map).__name__
+        raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names, got a {kind}")
+    for tensor, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{index}: weight_map[{tensor!r}] must be a file name, got {shard!r}")
+        if shard in ("", ".", "..") or "/" in shard or "\\" in shard or Path(shard).is_absolute():
+            raise CheckpointError(
+                f"{index}: weight_map[{tensor!r}] = {shard!r} is not a file name beside the index "
+                f"(shards are read from the model folder only)"
+            )
+    return weight_map
+
+
+def shard_names(index: Path) -> list[str]:
+    """The shard file names a `*.index.json` lists, sorted, each once (see read_weight_map)."""
+    return sorted(set(read_weight_map(index).values()))
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# What a Git LFS pointer file starts with: a failed or LFS-less download saves this ~130-byte text
+# under the weight file's name instead of the weights.
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def refuse_lfs_pointer(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_POINTER))
+    if head == LFS_POINTER:
+        raise CheckpointError(
+            f"{path} is a Git LFS pointer ({path.stat().st_size:,} bytes), not the weights: the download saved "
+            f"the pointer instead of the file's content (download it again, e.g. `git lfs pull` in a git clone)"
+        )
 
 
 def iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
+    refuse_lfs_pointer(path)
     size = path.stat().st_size
     try:
         # safe_open memory-maps the file; get_tensor returns a tensor backed by that mapping.
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
-    except SafetensorError as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"{path} ({size:,} bytes) is not a valid safetensors file: {e} (truncated or corrupt download?)"
+            f"{path} ({size:,} bytes) is not a valid safetensors file: {one_line(e)} (truncated or corrupt download?)"
         ) from None
 
 
 def iter_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     # weights_only=True: the unpickler accepts tensors and plain containers only, so a pickle that
     # would run code (or holds anything but weights) is refused instead of executed.
-    try:
+    refuse_lfs_pointer(path)
+    size = path.stat().st_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. torch's note on pickle protocols: an error is one line
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            # Files written before torch 1.6's zip format cannot be memory-mapped: read them whole.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} is not a plain-weights pickle (refused by torch.load(weights_only=True)): {str(e).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint: {e} (truncated or corrupt download?)"
-        ) from None
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                # Files written before torch 1.6's zip format cannot be memory-mapped: read them whole.
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            # torch's own text goes on to suggest weights_only=False, which would run the code in the
+            # file: pass on only what it found.
+            found = re.search(r"WeightsUnpickler error:(.*?)(\n\n|$)", str(e), re.S)
+            what = " ".join(found.group(1).split()) if found else "not a plain pickle of tensors"
+            raise CheckpointError(
+                f"{path} ({size:,} bytes) is not a plain-weights checkpoint: the safe loader "
+                f"(torch.load(weights_only=True)) refused it ({what}); nothing in it was run"
+            ) from None
+        except Exception as e:  # zip, pickle and storage errors of every kind: a file that is not a checkpoint
+            raise CheckpointError(
+                f"{path} ({size:,} bytes) could not be read as a PyTorch checkpoint ({type(e).__name__}: "
+                f"{one_line(e)}): truncated, corrupt, or not a checkpoint at all"
+            ) from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -115,15 +172,31 @@ def iter_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     yield from state.items()
 
 
+# Weights must be floating point; an integer tensor under a weight's name is not a checkpoint of
+# this model (and torch's own error for it is a 25-line note about gradients).
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def read_state_dict(folder: Path, expected: dict[str, torch.Size]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Read every tensor of the checkpoint, check names and shapes against `expected`, and return
-    (state dict, files read). All problems are collected and raised together in one error."""
-    kind, files = find_weight_files(folder)
+    """Read every tensor of the checkpoint, check names, shapes and dtypes against `expected` (and
+    the shard index, when there is one), and return (state dict, files read). All problems are
+    collected and raised together in one error; a tensor stored twice is one of them, never a
+    silent "the last file wins"."""
+    kind, files, weight_map = find_weight_files(folder)
     reader = iter_safetensors if kind == "safetensors" else iter_bin
     state: dict[str, torch.Tensor] = {}
-    unexpected, misshaped = [], []
+    found_in: dict[str, str] = {}
+    unexpected, misshaped, wrong_dtype, duplicated, misplaced = [], [], [], [], []
     for path in files:
         for name, tensor in reader(path):
+            if name in found_in:
+                duplicated.append(f"{name} (in {found_in[name]} and {path.name})")
+                continue
+            found_in[name] = path.name
+            listed = weight_map.get(name) if weight_map is not None else path.name
+            if listed != path.name:
+                where = f"maps it to {listed}" if listed else "does not list it"
+                misplaced.append(f"{name} is in {path.name} but the index {where}")
             if name.endswith(LEGACY_BUFFER_SUFFIXES):
                 continue
             if name not in expected:
@@ -133,16 +206,24 @@ def read_state_dict(folder: Path, expected: dict[str, torch.Size]) -> tuple[dict
                     f"{name}: checkpoint has {list(tensor.shape)}, "
                     f"the config needs {list(expected[name])} (in {path.name})"
                 )
+            elif tensor.dtype not in WEIGHT_DTYPES:
+                wrong_dtype.append(f"{name} is {str(tensor.dtype).removeprefix('torch.')} (in {path.name})")
             else:
                 state[name] = tensor
-    missing = sorted(set(expected) - set(state) - {m.split(":")[0] for m in misshaped})
+    missing = sorted(set(expected) - set(found_in))
     problems = []
+    if duplicated:
+        problems.append(f"tensor(s) stored twice: {', '.join(duplicated)}")
+    if misplaced:
+        problems.append("shard index disagrees with the files: " + "; ".join(misplaced))
     if missing:
         problems.append(f"missing tensor(s): {', '.join(missing)}")
     if unexpected:
         problems.append(f"unexpected tensor(s): {', '.join(unexpected)}")
     if misshaped:
         problems.append("wrong shape: " + "; ".join(misshaped))
+    if wrong_dtype:
+        problems.append("not floating point (weights are float32, float16 or bfloat16): " + "; ".join(wrong_dtype))
     if problems:
         raise CheckpointError(f"checkpoint {folder} does not match its config.json: " + " | ".join(problems))
     return state, [str(p) for p in files]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,59 @@ DTYPE_NAMES = {
 }
 
 
+# Every number of the config: (field, its config.json key, what it must be). Checked on every
+# NeoXConfig, and on config.json before one is built, so a message names the key the file has.
+VALUES = (
+    ("vocab_size", "vocab_size", "count"),
+    ("hidden_size", "hidden_size", "count"),
+    ("num_layers", "num_hidden_layers", "count"),
+    ("num_heads", "num_attention_heads", "count"),
+    ("intermediate_size", "intermediate_size", "count"),
+    ("max_position_embeddings", "max_position_embeddings", "count"),
+    ("rotary_pct", "rotary_pct", "fraction"),
+    ("rotary_base", "rotary_emb_base", "positive"),
+    ("layer_norm_eps", "layer_norm_eps", "positive"),
+    ("bos_token_id", "bos_token_id", "id"),
+    ("eos_token_id", "eos_token_id", "id"),
+    ("use_parallel_residual", "use_parallel_residual", "bool"),
+)
+
+
+def check_value(name: str, value: Any, kind: str) -> None:
+    """Refuse a value of the wrong type or range, naming it (JSON gives strings, nulls, floats)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = {
+        "count": isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+        "id": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        "fraction": is_number and 0 < value <= 1,
+        "positive": is_number and 0 < value < math.inf,
+        "bool": isinstance(value, bool),
+    }[kind]
+    if not ok:
+        want = {
+            "count": "a whole number >= 1",
+            "id": "a whole number >= 0",
+            "fraction": "a number in (0, 1]",
+            "positive": "a finite number > 0",
+            "bool": "true or false",
+        }[kind]
+        raise ConfigError(f"{name} must be {want}, got {value!r}")
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object that gives one key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads' object_pairs_hook: a key given twice is an error (json keeps the last silently)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DuplicateKeyError(f"{key!r} is listed twice")
+        seen.add(key)
+    return dict(pairs)
+
+
 @dataclass(frozen=True)
 class NeoXConfig:
     vocab_size: int  # rows of embed_in / embed_out (padded: larger than the tokenizer's 50,277 ids)
@@ -52,6 +106,11 @@ class NeoXConfig:
     gelu: str = "erf"  # "erf" (exact, what HF computes) or "tanh" (what NeoX training computed)
 
     def __post_init__(self):
+        for field, _, kind in VALUES:
+            check_value(field, getattr(self, field), kind)
+        for field in ("bos_token_id", "eos_token_id"):
+            if getattr(self, field) >= self.vocab_size:
+                raise ConfigError(f"{field} {getattr(self, field)} is not below vocab_size {self.vocab_size}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.gelu not in ("erf", "tanh"):
@@ -102,7 +161,9 @@ class NeoXConfig:
             if not path.is_file():
                 raise ConfigError(f"no config.json at {path}")
             try:
-                hf = json.loads(path.read_text(encoding="utf-8"))
+                hf = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
+            except DuplicateKeyError as e:  # which of the two values was meant?
+                raise ConfigError(f"{path}: {e}") from None
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ConfigError(f"{path} is not valid JSON: {e}") from None
             where = str(path)
@@ -117,11 +178,11 @@ class NeoXConfig:
                 raise ConfigError(f"{where}: missing required key {key!r}")
             return hf[key]
 
-        model_type = hf.get("model_type", "gpt_neox")
+        model_type = hf.get("model_type", "gpt_neox")  # (compared, never hashed: any JSON value is safe)
         if model_type != "gpt_neox":
             refuse("model_type", model_type, "neox_mini implements GPT-NeoX only")
         act = hf.get("hidden_act", "gelu")
-        if act not in GELU_BY_HF_ACT:
+        if not isinstance(act, str) or act not in GELU_BY_HF_ACT:
             refuse("hidden_act", act, f"supported: {sorted(GELU_BY_HF_ACT)}")
         if hf.get("tie_word_embeddings", False):
             refuse("tie_word_embeddings", True, "GPT-NeoX has a separate, untied embed_out")
@@ -145,24 +206,31 @@ class NeoXConfig:
                 refuse("eos_token_id", eos, "a single end-of-text id is expected")
             eos = eos[0]
         dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-        if dtype not in DTYPE_NAMES:
+        if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
             refuse("dtype", dtype, "expected float32, float16 or bfloat16")
 
-        return cls(
-            vocab_size=int(required("vocab_size")),
-            hidden_size=int(required("hidden_size")),
-            num_layers=int(required("num_hidden_layers")),
-            num_heads=int(required("num_attention_heads")),
-            intermediate_size=int(required("intermediate_size")),
-            rotary_pct=float(rotary_pct),
-            rotary_base=float(rotary_base),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
-            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
-            use_parallel_residual=bool(hf.get("use_parallel_residual", True)),
-            bos_token_id=int(hf.get("bos_token_id", 0) if hf.get("bos_token_id") is not None else 0),
-            eos_token_id=int(eos if eos is not None else 0),
-            gelu=GELU_BY_HF_ACT[act],
-        )
+        values = {
+            "vocab_size": required("vocab_size"),
+            "hidden_size": required("hidden_size"),
+            "num_layers": required("num_hidden_layers"),
+            "num_heads": required("num_attention_heads"),
+            "intermediate_size": required("intermediate_size"),
+            "rotary_pct": rotary_pct,
+            "rotary_base": rotary_base,
+            "max_position_embeddings": hf.get("max_position_embeddings", 2048),
+            "layer_norm_eps": hf.get("layer_norm_eps", 1e-5),
+            "use_parallel_residual": hf.get("use_parallel_residual", True),
+            "bos_token_id": 0 if hf.get("bos_token_id") is None else hf["bos_token_id"],
+            "eos_token_id": 0 if eos is None else eos,
+        }
+        for field, key, kind in VALUES:
+            check_value(f"{where}: {key}", values[field], kind)
+        values["rotary_pct"], values["rotary_base"] = float(rotary_pct), float(rotary_base)
+        values["layer_norm_eps"] = float(values["layer_norm_eps"])
+        try:
+            return cls(**values, gelu=GELU_BY_HF_ACT[act])
+        except ConfigError as e:  # a combination that does not work (heads, rotary dims, ids)
+            raise ConfigError(f"{where}: {e}") from None
 
     def to_hf(self, dtype: str = "float32") -> dict[str, Any]:
         """This config as an original-Pythia-style `config.json` dict (what the Hub serves), for

@@ -225,7 +225,9 @@ def test_pickle_that_is_not_plain_weights_is_refused_not_run(folder, monkeypatch
     (folder / "model.safetensors").unlink()
     with open(folder / "pytorch_model.bin", "wb") as f:
         pickle.dump({"embed_out.weight": RunsCode()}, f)
-    assert "not a plain-weights pickle" in load_error(folder)
+    message = load_error(folder)
+    assert "not a plain-weights checkpoint" in message and "nothing in it was run" in message
+    assert "weights_only=False" not in message and "likely succeed" not in message  # never advise running it
     assert not (folder / "pwned").exists()
 
 
