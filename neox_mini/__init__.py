@@ -13,6 +13,7 @@ from .errors import (
     KnownIssueWarning,
     MissingTokenizerError,
     NeoxMiniError,
+    NonFiniteError,
     ParityError,
     ResolveError,
     RevisionError,
@@ -63,6 +64,7 @@ __all__ = [
     "UnknownModelError",
     "TokenizerError",
     "MissingTokenizerError",
+    "NonFiniteError",
     "ParityError",
     "KnownIssueWarning",
 ]

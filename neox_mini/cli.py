@@ -155,7 +155,11 @@ def cmd_generate(args) -> int:
     from .tokenizer import EOS_ID
 
     # Everything that can be checked without the model is checked first: bad input fails fast.
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = utf8_text(sys.stdin.buffer.read(), "the prompt on stdin") if args.prompt == "-" else args.prompt
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # an argument with bytes that are not UTF-8 arrives with surrogates
+        raise ValueError("the prompt is not UTF-8 text (it holds bytes that are not UTF-8)") from None
     if prompt == "" and not args.bos:
         raise ValueError("the prompt is empty: give some text, or --bos to start from <|endoftext|>")
     sampling = dict(
@@ -227,19 +231,22 @@ def add_score_parser(sub) -> None:
     p.set_defaults(func=cmd_score)
 
 
+def utf8_text(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{what} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} is invalid ({e.reason})"
+        ) from None
+
+
 def read_text_file(path: str) -> str:
     from pathlib import Path
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} is invalid ({e.reason})"
-        ) from None
+    text = utf8_text(path.read_bytes(), str(path))
     if not text:
         raise ValueError(f"{path} is empty: nothing to score")
     return text

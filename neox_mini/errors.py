@@ -36,6 +36,11 @@ class MissingTokenizerError(TokenizerError, FileNotFoundError):
     """No tokenizer.json where one was looked for (the message says where)."""
 
 
+class NonFiniteError(NeoxMiniError, ArithmeticError):
+    """The model computed NaN or infinite logits: the output is not a result (bad weights, or an
+    overflow in half precision)."""
+
+
 class ParityError(NeoxMiniError, ValueError):
     """The parity check cannot run: a bad or mismatched reference file, a missing package, bad inputs."""
 

@@ -160,8 +160,8 @@ def forward(
 ) -> torch.Tensor:
     """What `model(input_ids, ...)` returns (logits [B, T, V], or [B, 1, V] with last_token_only),
     computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states)."""
-    B, T = input_ids.shape
     model.check_inputs(input_ids, start_pos)
+    B, T = input_ids.shape
     S = start_pos + T
     if position_ids is None:
         position_ids = torch.arange(start_pos, S, device=input_ids.device).expand(B, T)  # [B, T]

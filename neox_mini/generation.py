@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from . import fast
+from .errors import NonFiniteError
 from .model import GPTNeoX, check_token_ids
 from .pythia import TOKENIZER_VOCAB_SIZE
 from .tokenizer import EOS_ID, PAD_ID, Tokenizer
@@ -128,6 +129,16 @@ def check_sampling_args(
         raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
 
 
+def check_finite(nonfinite: torch.Tensor, during: str) -> None:
+    """Raise NonFiniteError if any row ([B] bool) had NaN or infinite logits."""
+    if bool(nonfinite.any()):
+        rows = nonfinite.nonzero()[:, 0].tolist()
+        raise NonFiniteError(
+            f"the model computed NaN or infinite logits during {during} (batch row(s) {rows}): NaN/inf in the "
+            f"weights, or an overflow in half precision; the output is not a result"
+        )
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: GPTNeoX,
@@ -154,7 +165,7 @@ def generate_tokens(
                    weights passes model.config.vocab_size to switch the mask off.
     """
     check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    if input_ids.dim() == 1:
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
         input_ids = input_ids[None]  # [1, T]
     check_token_ids(input_ids, model.config.vocab_size)
     B, T = input_ids.shape
@@ -201,10 +212,16 @@ def generate_tokens(
     if seed is not None:  # one generator per row, all with the same seed: a row draws what it draws alone
         generator = [torch.Generator(device=device).manual_seed(seed) for _ in range(B)]
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
+    # Rows whose logits were ever NaN or infinite. Accumulated without a host sync per token and
+    # checked before the first token and at the end: a NaN never passes as a token (argmax over NaN
+    # logits returns some id, e.g. <|endoftext|>, which would look like a normal, empty answer).
+    nonfinite = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
 
     model.setup_kv_cache(B, total)
     try:
         logits = prefill(model, input_ids, position_ids=prompt_positions, attention_mask=full_mask)  # [B, V]
+        nonfinite |= ~torch.isfinite(logits).all(-1)
+        check_finite(nonfinite, "the prompt")
         for pos in range(T, total):
             logits = mask_padded_vocab(logits, vocab_limit)  # [B, V]: ids >= vocab_limit are -inf
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)  # [B, V]
@@ -214,6 +231,7 @@ def generate_tokens(
             if eos_id is not None:
                 finished |= token == eos_id
                 if bool(finished.all()):
+                    check_finite(nonfinite, "generation")
                     return
             seen[torch.arange(B, device=device), token] = True
             if pos + 1 < total:
@@ -221,6 +239,8 @@ def generate_tokens(
                 logits = decode_one_token(
                     model, token[:, None], pos, position_ids=positions, attention_mask=full_mask
                 )  # [B, V]
+                nonfinite |= ~torch.isfinite(logits).all(-1)
+        check_finite(nonfinite, "generation")
     finally:
         model.clear_kv_cache()
 
@@ -245,7 +265,7 @@ def generate(
     N = max_new_tokens, or fewer when eos_id is given and every row has produced it (rows that
     finish earlier are filled with PAD_ID). See generate_tokens for the other arguments.
     """
-    if input_ids.dim() == 1:
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
         input_ids = input_ids[None]  # [1, T]
     steps = generate_tokens(
         model,

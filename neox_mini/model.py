@@ -254,8 +254,9 @@ class GPTNeoX(nn.Module):
     # -- forward -------------------------------------------------------------------------------
 
     def check_inputs(self, input_ids: torch.Tensor, start_pos: int) -> None:
-        """The errors of forward (also used by fast.forward): cache fit, context length, token ids."""
+        """The errors of forward (also used by fast.forward): token ids, cache fit, context length."""
         cfg = self.config
+        check_token_ids(input_ids, cfg.vocab_size)
         B, T = input_ids.shape
         S = start_pos + T
         cache_shape = self.kv_cache_shape
@@ -270,7 +271,6 @@ class GPTNeoX(nn.Module):
             raise ValueError(
                 f"sequence of {S} tokens is longer than the context length {cfg.max_position_embeddings} of this model"
             )
-        check_token_ids(input_ids, cfg.vocab_size)
 
     def forward(
         self,
@@ -295,9 +295,9 @@ class GPTNeoX(nn.Module):
                        "gpt_neox.layers.{L-1}" (the residual stream after each block) and
                        "gpt_neox.final_layer_norm"; each [B, T, C]. Used for layer-by-layer parity.
         """
+        self.check_inputs(input_ids, start_pos)
         B, T = input_ids.shape
         S = start_pos + T
-        self.check_inputs(input_ids, start_pos)
 
         if position_ids is None:
             position_ids = torch.arange(start_pos, S, device=input_ids.device).expand(B, T)  # [B, T]
@@ -340,7 +340,12 @@ def attention_allowed(
 
 
 def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    """An id outside [0, V) would index past the embedding (a crash on CPU, garbage on GPU)."""
+    """input_ids must be [B, T] integer ids in [0, V): an id outside would index past the embedding
+    (a crash on CPU, garbage on GPU)."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, tokens] (2-D), got shape {list(input_ids.shape)}")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
     if input_ids.numel() == 0:

@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -511,6 +512,8 @@ def run_parity(
     if top_k < 5 or max_channels < 1:
         raise ParityError("--top-k must be at least 5 and --channels at least 1")
     ref_file = load_reference(reference) if reference is not None else None  # check the file first: cheap
+    if save_reference_to is not None:  # and where the output goes, before the work
+        check_output_file(Path(save_reference_to))
 
     net = from_pretrained(model, revision=revision, dtype=dtype, gelu=gelu, device=device)
     our_dtype = str(net.embed_out.weight.dtype).removeprefix("torch.")
@@ -572,6 +575,17 @@ def run_parity(
         provenance=prov,
         saved_reference=saved,
     )
+
+
+def check_output_file(path: Path) -> None:
+    """A reference file can be written at path (checked before any work: nothing is written yet)."""
+    if path.is_dir():
+        raise ParityError(f"--save-reference {path} is a folder: give the path of a .safetensors file to write")
+    parent = next((p for p in path.parents if p.exists()), None)  # the folders below it are created
+    if parent is None or not parent.is_dir():
+        raise ParityError(f"--save-reference {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ParityError(f"--save-reference {path}: {parent} is not writable")
 
 
 def hf_gelu(folder: Path) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import NonFiniteError
 from .model import GPTNeoX
 from .tokenizer import BOS_ID, Tokenizer
 
@@ -103,7 +104,14 @@ def token_logprobs(
         window_logprobs(model, ids[begin:end], first - begin)
         for begin, end, first in window_spans(ids.numel(), window, stride)
     ]
-    return torch.cat(pieces)  # [n - 1]
+    logprobs = torch.cat(pieces)  # [n - 1]
+    if not bool(torch.isfinite(logprobs).all()):  # a NaN perplexity must not pass as a result
+        first = int((~torch.isfinite(logprobs)).nonzero()[0, 0]) + 1
+        raise NonFiniteError(
+            f"the model computed a NaN or infinite log-probability (first at token {first} of {ids.numel()}): "
+            f"NaN/inf in the weights, or an overflow in half precision"
+        )
+    return logprobs
 
 
 def score_ids(

@@ -56,10 +56,11 @@ def run(capsys, monkeypatch):
     """Run `neox-mini ARGS` in-process: main(argv) as the console script calls it."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    def run(*args: str, stdin: str | None = None) -> Result:
+    def run(*args: str, stdin: str | bytes | None = None) -> Result:
         capsys.readouterr()  # drop anything printed before
         if stdin is not None:
-            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+            data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
         try:
             code = main(list(args))
         except SystemExit as e:  # argparse: usage errors (2) and --help (0)
