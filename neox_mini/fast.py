@@ -111,17 +111,17 @@ def block_forward(
     ln1, ln2 = block.input_layernorm, block.post_attention_layernorm
     attn_out = attention(
         block.attention,
-        F.layer_norm(x, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps),
+        F.layer_norm(x, ln1.weight.shape, ln1.weight, ln1.bias, ln1.eps),
         M,
         mask,
         is_causal,
         start_pos,
     )  # [B, T, C]
     if block.use_parallel_residual:
-        h = F.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
+        h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
         return x + attn_out + mlp(block.mlp, h)  # [B, T, C], summed in model.py's order
     x = x + attn_out  # [B, T, C]
-    h = F.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
+    h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
     return x + mlp(block.mlp, h)  # [B, T, C]
 
 
@@ -160,6 +160,14 @@ def forward(
 ) -> torch.Tensor:
     """What `model(input_ids, ...)` returns (logits [B, T, V], or [B, 1, V] with last_token_only),
     computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states)."""
+    if model.hooked:  # hooks attached: they live in the readable forward, so run that one
+        return model(
+            input_ids,
+            start_pos=start_pos,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            last_token_only=last_token_only,
+        )
     model.check_inputs(input_ids, start_pos)
     B, T = input_ids.shape
     S = start_pos + T
@@ -174,5 +182,5 @@ def forward(
     if last_token_only:
         x = x[:, -1:, :]  # [B, 1, C]
     ln = model.gpt_neox.final_layer_norm
-    x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)  # [B, T, C]
+    x = F.layer_norm(x, ln.weight.shape, ln.weight, ln.bias, ln.eps)  # [B, T, C]
     return linear(x, model.embed_out.weight)  # [B, T, V]

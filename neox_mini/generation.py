@@ -217,9 +217,25 @@ def generate_tokens(
     # logits returns some id, e.g. <|endoftext|>, which would look like a normal, empty answer).
     nonfinite = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
 
-    model.setup_kv_cache(B, total)
+    # With hooks attached (`with model.hooks(...)`), each step is a full forward over the whole
+    # sequence so far, without the KV cache: every hook sees, and may change, every position at
+    # every step, exactly as in a loop of hooked forwards. Otherwise: prefill once, then one token
+    # per step from the cache.
+    full_forwards = model.hooked
+    sequence = torch.cat([input_ids, input_ids.new_full((B, max_new_tokens), PAD_ID)], 1)  # [B, total]
+    generated_positions = torch.arange(T, total, device=device)[None] - n_pad[:, None]  # [B, N]
+    positions = torch.cat([prompt_positions, generated_positions], 1)  # [B, total]: real tokens before each
+
+    if not full_forwards:
+        model.setup_kv_cache(B, total)
     try:
-        logits = prefill(model, input_ids, position_ids=prompt_positions, attention_mask=full_mask)  # [B, V]
+        if full_forwards:
+            logits = model(
+                input_ids, position_ids=prompt_positions, attention_mask=attention_mask, last_token_only=True
+            )
+            logits = logits[:, -1]  # [B, V]
+        else:
+            logits = prefill(model, input_ids, position_ids=prompt_positions, attention_mask=full_mask)  # [B, V]
         nonfinite |= ~torch.isfinite(logits).all(-1)
         check_finite(nonfinite, "the prompt")
         for pos in range(T, total):
@@ -234,10 +250,18 @@ def generate_tokens(
                     check_finite(nonfinite, "generation")
                     return
             seen[torch.arange(B, device=device), token] = True
-            if pos + 1 < total:
-                positions = (pos - n_pad)[:, None]  # [B, 1]: this row's real tokens so far
+            sequence[:, pos] = token
+            if pos + 1 < total and full_forwards:
+                S = pos + 1
+                logits = model(
+                    sequence[:, :S],
+                    position_ids=positions[:, :S],
+                    attention_mask=full_mask[:, :S],
+                    last_token_only=True,
+                )[:, -1]  # [B, V]
+            elif pos + 1 < total:
                 logits = decode_one_token(
-                    model, token[:, None], pos, position_ids=positions, attention_mask=full_mask
+                    model, token[:, None], pos, position_ids=positions[:, pos : pos + 1], attention_mask=full_mask
                 )  # [B, V]
                 nonfinite |= ~torch.isfinite(logits).all(-1)
         check_finite(nonfinite, "generation")
@@ -259,12 +283,29 @@ def generate(
     repetition_penalty: float = 1.0,
     eos_id: int | None = None,
     vocab_limit: int | None = None,
+    hooks: dict | None = None,
 ) -> torch.Tensor:
     """Generate after input_ids ([B, T] -> [B, T + N]); temperature 0 is greedy.
 
     N = max_new_tokens, or fewer when eos_id is given and every row has produced it (rows that
     finish earlier are filled with PAD_ID). See generate_tokens for the other arguments.
+    hooks: {hook point name: fn}, attached for this call: `with model.hooks(hooks): generate(...)`.
     """
+    if hooks:
+        with model.hooks(hooks):
+            return generate(
+                model,
+                input_ids,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                attention_mask=attention_mask,
+                repetition_penalty=repetition_penalty,
+                eos_id=eos_id,
+                vocab_limit=vocab_limit,
+            )
     if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
         input_ids = input_ids[None]  # [1, T]
     steps = generate_tokens(

@@ -1,6 +1,6 @@
 """GPT-NeoX, the architecture of every Pythia model, in one file that reads top to bottom:
 
-    rotary embedding -> KV cache -> attention -> MLP -> block (parallel residual) -> model
+    layer norm -> rotary embedding -> KV cache -> attention -> MLP -> block (parallel residual) -> model
 
 Parameter names are exactly the Hugging Face checkpoint keys (`gpt_neox.layers.3.attention.
 query_key_value.weight`, `embed_out.weight`, ...), so a checkpoint loads 1:1 with no rename table.
@@ -15,6 +15,9 @@ Shape notation used in the comments:
     F   intermediate_size of the MLP       (4 C)
     V   vocab_size, the *padded* number of embedding rows (50304 for most Pythia models, while the
         tokenizer has only 50277 ids: rows >= 50277 are never produced by text)
+
+`self.hook_x(x)` marks a hook point: the identity, unless a hook is attached there (hooks.py, with
+a picture of where each point sits). The names are TransformerLens': blocks.3.attn.hook_pattern.
 """
 
 from __future__ import annotations
@@ -25,7 +28,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import hooks as hooks_module
 from .config import NeoXConfig
+from .hooks import HookPoint
+
+# ----------------------------------------------------------------------------- layer norm
+
+
+class LayerNorm(nn.Module):
+    """nn.LayerNorm written out, (x - mean) / sqrt(var + eps) * weight + bias, so that the scale and
+    the result can be hooked. Computed in fp32 whatever the model dtype, as F.layer_norm does."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = nn.Parameter(torch.zeros(size))
+        self.eps = eps
+        self.hook_scale = HookPoint()  # [B, T, 1]
+        self.hook_normalized = HookPoint()  # [B, T, C], after weight and bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        centred = x32 - x32.mean(-1, keepdim=True)  # [B, T, C]
+        scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # [B, T, 1]
+        return self.hook_normalized((centred / scale * self.weight.float() + self.bias.float()).to(x.dtype))
+
 
 # ----------------------------------------------------------------------------- rotary embedding
 
@@ -56,10 +83,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)  # [P, R], fp32
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for the given positions, [B, T] -> two [B, 1, T, R] (broadcast over heads)."""
+        """cos and sin for the given positions, [B, T] -> two [B, T, 1, R] (broadcast over heads)."""
         cos = self.cos[position_ids].to(dtype)  # [B, T, R]
         sin = self.sin[position_ids].to(dtype)  # [B, T, R]
-        return cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, R]
+        return cos.unsqueeze(2), sin.unsqueeze(2)  # [B, T, 1, R]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +97,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first R dims of each head of x ([B, nh, T, hs]); leave the other hs - R dims alone."""
+    """Rotate the first R dims of each head of x ([B, T, nh, hs]); leave the other hs - R dims alone."""
     R = cos.shape[-1]
-    x_rot, x_pass = x[..., :R], x[..., R:]  # [B, nh, T, R], [B, nh, T, hs - R]
-    x_rot = x_rot * cos + rotate_half(x_rot) * sin  # [B, nh, T, R]
-    return torch.cat([x_rot, x_pass], dim=-1)  # [B, nh, T, hs]
+    x_rot, x_pass = x[..., :R], x[..., R:]  # [B, T, nh, R], [B, T, nh, hs - R]
+    x_rot = x_rot * cos + rotate_half(x_rot) * sin  # [B, T, nh, R]
+    return torch.cat([x_rot, x_pass], dim=-1)  # [B, T, nh, hs]
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -121,6 +148,10 @@ class Attention(nn.Module):
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.kv_cache: KVCache | None = None
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # [B, T, nh, hs]
+        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()  # [B, T, nh, hs], after rotary
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()  # [B, nh, T, S]
+        self.hook_z = HookPoint()  # [B, T, nh, hs], the heads' outputs before `dense`
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, start_pos: int
@@ -131,26 +162,27 @@ class Attention(nn.Module):
         # NeoX quirk: the fused output is laid out PER HEAD, [q_0 k_0 v_0 | q_1 k_1 v_1 | ...], each
         # piece hs wide. So view it as [nh, 3*hs] and split the last dim; viewing it as [3, nh, hs]
         # (the GPT-2 / nanoGPT layout) would silently mix heads.
-        qkv = qkv.view(B, T, nh, 3 * hs).transpose(1, 2)  # [B, nh, T, 3hs]
-        q, k, v = qkv.split(hs, dim=-1)  # each [B, nh, T, hs]
+        qkv = qkv.view(B, T, nh, 3 * hs)  # [B, T, nh, 3hs]
+        q, k, v = qkv.split(hs, dim=-1)  # each [B, T, nh, hs]
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
-        q = apply_rotary(q, cos, sin)  # [B, nh, T, hs]
-        k = apply_rotary(k, cos, sin)  # [B, nh, T, hs]
+        q = self.hook_rot_q(apply_rotary(q, cos, sin))  # [B, T, nh, hs]
+        k = self.hook_rot_k(apply_rotary(k, cos, sin))  # [B, T, nh, hs]
 
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # each [B, nh, T, hs]
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(start_pos, k, v)  # each [B, nh, S, hs]
 
         # Scaled dot-product attention, written out. Scores are computed in the model dtype and the
         # softmax in fp32 (as transformers' eager path does), which keeps fp16 from overflowing.
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # [B, nh, T, S]
-        # Masked entries get the dtype's most negative value rather than -inf: a row with every key
-        # masked (a left-padding position) then gives finite garbage that nobody reads, instead of
-        # NaN that would leak into other rows through 0 * NaN.
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)  # [B, nh, T, S]
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # [B, nh, T, S]
-        y = probs @ v  # [B, nh, T, hs]
-        y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]: heads side by side again
-        return self.dense(y)  # [B, T, C]
+        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))  # [B, nh, T, S]
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32)  # [B, nh, T, S]
+        # A query with every key masked (a left-padding position) has only -inf scores, and softmax
+        # makes its row NaN: zero that row, or the NaN would reach every later row through 0 * NaN.
+        probs = self.hook_pattern(torch.where(mask.any(-1, keepdim=True), probs, 0.0).to(q.dtype))
+        z = self.hook_z((probs @ v).transpose(1, 2))  # [B, T, nh, hs]
+        return self.dense(z.reshape(B, T, C))  # [B, T, C]: heads side by side again
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -165,10 +197,11 @@ class MLP(nn.Module):
         # "gelu", which transformers computes exactly (with erf). "erf" matches transformers (and is
         # the default); "tanh" matches training. The difference is small but not zero.
         self.approximate = {"erf": "none", "tanh": "tanh"}[config.gelu]
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()  # [B, T, F], before / after GELU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.dense_h_to_4h(x)  # [B, T, F]
-        h = F.gelu(h, approximate=self.approximate)  # [B, T, F]
+        h = self.hook_pre(self.dense_h_to_4h(x))  # [B, T, F]
+        h = self.hook_post(F.gelu(h, approximate=self.approximate))  # [B, T, F]
         return self.dense_4h_to_h(h)  # [B, T, C]
 
 
@@ -179,23 +212,29 @@ class Block(nn.Module):
     def __init__(self, config: NeoXConfig):
         super().__init__()
         self.use_parallel_residual = config.use_parallel_residual
-        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.input_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attention = Attention(config)
         self.mlp = MLP(config)
+        self.hook_resid_pre, self.hook_resid_post = HookPoint(), HookPoint()  # [B, T, C]
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()  # [B, T, C]
+        self.hook_resid_mid = HookPoint()  # [B, T, C], sequential residual only
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, start_pos: int
     ) -> torch.Tensor:
-        attn_out = self.attention(self.input_layernorm(x), cos, sin, mask, start_pos)  # [B, T, C]
+        x = self.hook_resid_pre(x)  # [B, T, C]
+        attn_out = self.hook_attn_out(self.attention(self.input_layernorm(x), cos, sin, mask, start_pos))
         if self.use_parallel_residual:
             # Every Pythia model: attention and MLP both read the block's input (each through its
             # own layer norm) and both add into the residual stream. "post_attention_layernorm" is a
             # misleading legacy name here: it normalises x, not the attention output.
-            return x + attn_out + self.mlp(self.post_attention_layernorm(x))  # [B, T, C]
+            mlp_out = self.hook_mlp_out(self.mlp(self.post_attention_layernorm(x)))  # [B, T, C]
+            return self.hook_resid_post(x + attn_out + mlp_out)  # [B, T, C]
         # The sequential (GPT-2 style) form, which GPT-NeoX also supports.
-        x = x + attn_out  # [B, T, C]
-        return x + self.mlp(self.post_attention_layernorm(x))  # [B, T, C]
+        x = self.hook_resid_mid(x + attn_out)  # [B, T, C]
+        mlp_out = self.hook_mlp_out(self.mlp(self.post_attention_layernorm(x)))  # [B, T, C]
+        return self.hook_resid_post(x + mlp_out)  # [B, T, C]
 
 
 # ----------------------------------------------------------------------------- model
@@ -214,7 +253,7 @@ class GPTNeoX(nn.Module):
                     config.vocab_size, config.hidden_size, _weight=torch.zeros(config.vocab_size, config.hidden_size)
                 ),
                 layers=nn.ModuleList([Block(config) for _ in range(config.num_layers)]),
-                final_layer_norm=nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
+                final_layer_norm=LayerNorm(config.hidden_size, eps=config.layer_norm_eps),
             )
         )
         # NeoX quirk: the output projection is its own matrix, NOT tied to embed_in (GPT-2 ties them).
@@ -225,6 +264,9 @@ class GPTNeoX(nn.Module):
         # computing them on meta would import torch._dynamo, ~1 s of start-up for nothing.
         self.rotary = RotaryEmbedding(config, device="cpu" if torch.empty(0).is_meta else None)
         self.provenance: dict | None = None  # filled in by loading.from_pretrained: what was loaded from where
+        self.hook_embed, self.hook_logits = HookPoint(), HookPoint()  # [B, T, C], [B, T, V]
+        self.points = hooks_module.name_hook_points(self)  # TransformerLens name -> HookPoint
+        self.active_hooks = 0  # hooks attached right now (by `with model.hooks(...)`)
 
     # -- KV cache, allocated explicitly --------------------------------------------------------
 
@@ -303,7 +345,7 @@ class GPTNeoX(nn.Module):
             position_ids = torch.arange(start_pos, S, device=input_ids.device).expand(B, T)  # [B, T]
         mask = attention_allowed(start_pos, T, attention_mask, input_ids.device)  # [B or 1, 1, T, S]
 
-        x = self.gpt_neox.embed_in(input_ids)  # [B, T, C]
+        x = self.hook_embed(self.gpt_neox.embed_in(input_ids))  # [B, T, C]
         cos, sin = self.rotary(position_ids, x.dtype)  # each [B, 1, T, R]
         hidden_states = {"gpt_neox.embed_in": x}
         for i, block in enumerate(self.gpt_neox.layers):
@@ -314,8 +356,35 @@ class GPTNeoX(nn.Module):
             x = x[:, -1:, :]  # [B, 1, C]: prefill for generation needs only the next-token logits
         x = self.gpt_neox.final_layer_norm(x)  # [B, T, C]
         hidden_states["gpt_neox.final_layer_norm"] = x
-        logits = self.embed_out(x)  # [B, T, V]
+        logits = self.hook_logits(self.embed_out(x))  # [B, T, V]
         return (logits, hidden_states) if return_hidden_states else logits
+
+    # -- hooks: reading and changing activations (hooks.py) -------------------------------------
+
+    def hook_points(self) -> list[str]:
+        """Every hook point's name (`run_with_cache` keeps activations in the order they are computed)."""
+        return list(self.points)
+
+    def hooks(self, hooks: dict[str, hooks_module.HookFn]):
+        """`with model.hooks({name: fn}):` attaches fn(tensor, name) -> replacement or None at each
+        named point, on every path that runs the model while the block is open (model(...),
+        fast.forward, generate, scoring, parity), and removes it on exit."""
+        return hooks_module.attached(self, self.points, hooks)
+
+    @property
+    def hooked(self) -> bool:
+        """Whether any hook is attached: the fast path then runs this readable forward instead."""
+        return self.active_hooks > 0
+
+    def run_with_hooks(self, input_ids: torch.Tensor, hooks: dict[str, hooks_module.HookFn], **forward_kwargs):
+        """model(input_ids) with hooks ({name: fn}) attached for this one call."""
+        with self.hooks(hooks):
+            return self(input_ids, **forward_kwargs)
+
+    def run_with_cache(self, input_ids: torch.Tensor, names=None, **forward_kwargs):
+        """(logits, ActivationCache): the activations at `names` (None: all; a list; or a predicate
+        name -> bool), detached. Only those are kept in memory."""
+        return hooks_module.run_with_cache(self, self.points, input_ids, names, **forward_kwargs)
 
 
 def hidden_state_names(num_layers: int) -> list[str]:
