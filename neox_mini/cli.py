@@ -583,6 +583,125 @@ def cmd_parity(args) -> int:
     return 0 if report.passed else EXIT_DIVERGED
 
 
+LENS_EXAMPLES = """\
+For each position of the text, each layer's residual stream (the embedding first, the model's
+real output last) is read through the final layer norm and unembedding: the tokens it would
+predict next, with their probabilities.
+
+examples:
+  neox-mini lens --model EleutherAI/pythia-160m "The Eiffel Tower is in the city of"
+  neox-mini lens --model /tmp/pythia-70m-random --top 3 --plot lens.png "Hello, I am"
+"""
+
+
+def add_lens_parser(sub) -> None:
+    p = sub.add_parser(
+        "lens",
+        parents=[COMMON],
+        help="the logit lens: what each layer predicts at each position",
+        description="The logit lens: each layer's top next-token predictions at each position.",
+        epilog=LENS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("text", metavar="TEXT", help="the text to read ('-' reads it from stdin)")
+    add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
+    p.add_argument("--top", type=positive_int, default=3, help="tokens shown per layer and position (default 3)")
+    p.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also draw the probability of the final prediction per layer "
+        "and position (needs matplotlib: pip install 'neox_mini[plot]')",
+    )
+    p.set_defaults(func=cmd_lens)
+
+
+def text_ids(args, tokenizer, model):
+    """The TEXT argument (or stdin) as a [1, T] tensor of ids on the model's device."""
+    import torch
+
+    text = utf8_text(sys.stdin.buffer.read(), "the text on stdin") if args.text == "-" else args.text
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ValueError("the text is empty: nothing to read")
+    if len(ids) > model.config.max_position_embeddings:
+        raise ValueError(
+            f"the text is {len(ids)} tokens, longer than the context {model.config.max_position_embeddings}"
+        )
+    return torch.tensor([ids], device=model.embed_out.weight.device)
+
+
+def cmd_lens(args) -> int:
+    from .analysis import logit_lens, plot_lens
+
+    model = model_from_args(args)
+    tokenizer = tokenizer_from_args(args, model)
+    ids = text_ids(args, tokenizer, model)
+    probs, top = logit_lens(model, ids, args.top)  # each [L + 1, T, top]
+    labels = [tokenizer.decode([i]) for i in ids[0].tolist()]
+    names = ["embed"] + [f"layer {i}" for i in range(model.config.num_layers)]
+    width = max(len(n) for n in names)
+    for pos, label in enumerate(labels):
+        print(f"position {pos} {label!r}: next token")
+        for layer, name in enumerate(names):
+            guesses = ", ".join(
+                f"{tokenizer.decode([i]) if i < tokenizer.vocab_size else f'<row {i}>'!r} {p:.3g}"
+                for p, i in zip(probs[layer, pos].tolist(), top[layer, pos].tolist(), strict=True)
+            )
+            print(f"  {name:<{width}}  {guesses}")
+    if args.plot:
+        print(f"wrote {plot_lens(model, ids, labels, args.plot)}", file=sys.stderr)
+    return 0
+
+
+ATTENTION_EXAMPLES = """\
+examples:
+  neox-mini attention --model EleutherAI/pythia-160m --layer 3 "When Mary and John went to the store"
+  neox-mini attention --model /tmp/pythia-70m-random --layer 0 --head 2 --plot heads.png "Hello, I am"
+"""
+
+
+def add_attention_parser(sub) -> None:
+    p = sub.add_parser(
+        "attention",
+        parents=[COMMON],
+        help="attention patterns of one layer: where each head looks",
+        description="For each head of one layer and each position: the positions it attends to most.",
+        epilog=ATTENTION_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("text", metavar="TEXT", help="the text to read ('-' reads it from stdin)")
+    add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
+    p.add_argument("--layer", type=int, required=True, help="the layer (0 = first)")
+    p.add_argument("--head", type=int, help="only this head (default: every head)")
+    p.add_argument("--top", type=positive_int, default=2, help="key positions shown per query (default 2)")
+    p.add_argument("--plot", metavar="PNG", help="also draw each head's pattern as a heat map (needs matplotlib)")
+    p.set_defaults(func=cmd_attention)
+
+
+def cmd_attention(args) -> int:
+    from .analysis import attention_patterns, plot_attention
+
+    model = model_from_args(args)
+    tokenizer = tokenizer_from_args(args, model)
+    ids = text_ids(args, tokenizer, model)
+    pattern = attention_patterns(model, ids, args.layer)  # [heads, T, T]
+    heads = range(pattern.shape[0]) if args.head is None else [args.head]
+    if args.head is not None and not 0 <= args.head < pattern.shape[0]:
+        raise ValueError(f"head {args.head} does not exist: layer {args.layer} has heads 0..{pattern.shape[0] - 1}")
+    labels = [tokenizer.decode([i]) for i in ids[0].tolist()]
+    for h in heads:
+        print(f"layer {args.layer} head {h}")
+        for q, label in enumerate(labels):
+            top = pattern[h, q].topk(min(args.top, q + 1))
+            looks = ", ".join(
+                f"{k} {labels[k]!r} {p:.2f}" for p, k in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            )
+            print(f"  {q:>4} {label!r:<16} -> {looks}")
+    if args.plot:
+        print(f"wrote {plot_attention(pattern[list(heads)], args.plot, args.layer)}", file=sys.stderr)
+    return 0
+
+
 SUBCOMMANDS = [
     add_generate_parser,
     add_score_parser,
@@ -590,6 +709,8 @@ SUBCOMMANDS = [
     add_configs_parser,
     add_revisions_parser,
     add_parity_parser,
+    add_lens_parser,
+    add_attention_parser,
 ]
 
 

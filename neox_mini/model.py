@@ -175,12 +175,12 @@ class Attention(nn.Module):
 
         # Scaled dot-product attention, written out. Scores are computed in the model dtype and the
         # softmax in fp32 (as transformers' eager path does), which keeps fp16 from overflowing.
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # [B, nh, T, S]
-        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))  # [B, nh, T, S]
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32)  # [B, nh, T, S]
-        # A query with every key masked (a left-padding position) has only -inf scores, and softmax
-        # makes its row NaN: zero that row, or the NaN would reach every later row through 0 * NaN.
-        probs = self.hook_pattern(torch.where(mask.any(-1, keepdim=True), probs, 0.0).to(q.dtype))
+        # Scaled and masked in place: [B, nh, T, S] is the largest tensor of a long prompt (8 x 2048 x
+        # 2048 floats = 134 MB per layer of pythia-70m), so no copies of it.
+        scores = (q @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(hs))  # [B, nh, T, S]
+        scores = self.hook_attn_scores(scores.masked_fill_(~mask, float("-inf")))  # [B, nh, T, S]
+        # Every query has at least its own key (see attention_allowed), so no row is all -inf.
+        probs = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))  # [B, nh, T, S]
         z = self.hook_z((probs @ v).transpose(1, 2))  # [B, T, nh, hs]
         return self.dense(z.reshape(B, T, C))  # [B, T, C]: heads side by side again
 
@@ -398,13 +398,18 @@ def attention_allowed(
     """Which keys each query may attend to: bool [1, 1, T, S] (or [B, 1, T, S] with padding).
 
     Causal: query t (at sequence index start_pos + t) sees keys 0 .. start_pos + t. attention_mask
-    ([B, S'] with S' >= S, True = real token) additionally hides left padding."""
+    ([B, S'] with S' >= S, True = real token) additionally hides left padding; but every query keeps
+    its own key. For a real token that changes nothing (it sees itself anyway); a padding position
+    would otherwise see no key at all, and softmax over nothing but -inf is NaN, which would reach
+    the real rows through 0 * NaN. So a padding position attends to itself: finite garbage that no
+    real token ever reads."""
     S = start_pos + T
     key_index = torch.arange(S, device=device)  # [S]
     query_index = torch.arange(start_pos, S, device=device)  # [T]
     allowed = (key_index[None, :] <= query_index[:, None])[None, None]  # [1, 1, T, S]
     if attention_mask is not None:
-        allowed = allowed & attention_mask[:, None, None, :S].bool()  # [B, 1, T, S]
+        itself = (key_index[None, :] == query_index[:, None])[None, None]  # [1, 1, T, S]
+        allowed = (allowed & attention_mask[:, None, None, :S].bool()) | itself  # [B, 1, T, S]
     return allowed
 
 

@@ -19,6 +19,12 @@ of --runs runs with min-max, and the ratio neox / transformers:
             8 tokens (every weight used), next to the peak of a process that only imports torch
             and the budget RSS(import torch) + 1.05 x weight bytes.
   matvec    GB/s of the 50304 x C LM-head product for one token: F.linear vs fast.linear.
+  cache     one forward over 512 / 2048 tokens that keeps activations: run_with_cache with every
+            hook point vs transformers' output_hidden_states + output_attentions (eager), and
+            run_with_cache of the blocks' hook_resid_post only vs output_hidden_states; seconds
+            (alternating, in-process) and peak RSS of a fresh process each, next to a plain forward.
+  hooks     decode tok/s of generate() inside an empty `with model.hooks({}):` block vs outside it
+            (neox_mini against itself: the hooks machinery must cost nothing when unused).
 
     python scripts/bench.py --quick          # < 10 minutes on a 2-core machine
     python scripts/bench.py                  # everything, 5 runs each
@@ -150,6 +156,12 @@ def load_both(folder: Path, dtype: str):
     return neox, hf
 
 
+def checkpoint_models(folder: Path, dtype: str):
+    from neox_mini import from_pretrained
+
+    return from_pretrained(folder), load_eager(folder, dtype)
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -208,6 +220,80 @@ def bench_prefill(neox, hf, T: int, runs: int) -> dict:
         return T / timed(go)
 
     values = alternate({"neox": run_neox, "hf": run_hf}, runs)
+    return {"neox": summary(values["neox"]), "hf": summary(values["hf"])}
+
+
+def load_eager(folder: Path, dtype: str):
+    from transformers import GPTNeoXForCausalLM
+
+    return GPTNeoXForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[dtype], attn_implementation="eager").eval()
+
+
+def bench_cache(neox, hf_eager, T: int, runs: int, everything: bool) -> dict:
+    """Seconds of one forward that keeps the activations (see the module docstring)."""
+    ids = torch.randint(0, 50000, (1, T), generator=torch.Generator().manual_seed(T))
+    names = None if everything else (lambda name: name.endswith("hook_resid_post"))
+
+    def run_neox():
+        with torch.inference_mode():
+            return timed(lambda: neox.run_with_cache(ids, names=names))
+
+    def run_hf():
+        with torch.inference_mode():
+            return timed(lambda: hf_eager(ids, output_hidden_states=True, output_attentions=everything))
+
+    values = alternate({"neox": run_neox, "hf": run_hf}, runs)
+    return {"neox": summary(values["neox"]), "hf": summary(values["hf"])}
+
+
+CACHE_RSS = """
+import sys, torch
+torch.set_num_threads({threads})
+ids = torch.randint(0, 50000, (1, {T}), generator=torch.Generator().manual_seed({T}))
+if sys.argv[2].startswith("neox"):
+    from neox_mini import from_pretrained
+    m = from_pretrained(sys.argv[1])
+    names = {{"neox-plain": [], "neox-resid": lambda n: n.endswith("hook_resid_post"), "neox-all": None}}[sys.argv[2]]
+    with torch.inference_mode():
+        out = m(ids) if sys.argv[2] == "neox-plain" else m.run_with_cache(ids, names=names)
+else:
+    from transformers import GPTNeoXForCausalLM
+    m = GPTNeoXForCausalLM.from_pretrained(sys.argv[1], dtype={dtype}, attn_implementation="eager")
+    kw = {{"hf-plain": {{}}, "hf-hidden": dict(output_hidden_states=True),
+          "hf-all": dict(output_hidden_states=True, output_attentions=True)}}[sys.argv[2]]
+    with torch.inference_mode():
+        out = m(ids, **kw)
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+
+
+def bench_cache_rss(folder: Path, dtype: str, T: int, threads: int) -> dict:
+    """Peak RSS (MiB) of a fresh process per variant: deterministic to ~1 MiB, so one run each."""
+    code = CACHE_RSS.format(threads=threads, T=T, dtype=DTYPE_CODE[dtype])
+    variants = ("neox-plain", "neox-resid", "neox-all", "hf-plain", "hf-hidden", "hf-all")
+    mib = {v: python_rss_kib(code, str(folder), v) / 1024 for v in variants}
+    return {
+        **{k: round(v, 1) for k, v in mib.items()},
+        "resid_over_plain": mib["neox-resid"] / mib["neox-plain"],
+        # the rows' neox / hf: run_with_cache(all) vs output_hidden_states + output_attentions
+        "neox": summary([mib["neox-all"]]),
+        "hf": summary([mib["hf-all"]]),
+    }
+
+
+def bench_hooks_overhead(neox, runs: int, new_tokens: int) -> dict:
+    from neox_mini import generate
+
+    ids = torch.randint(0, 50000, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+
+    def plain():
+        return new_tokens / timed(lambda: generate(neox, ids, new_tokens))
+
+    def in_empty_block():
+        with neox.hooks({}):
+            return new_tokens / timed(lambda: generate(neox, ids, new_tokens))
+
+    values = alternate({"neox": in_empty_block, "hf": plain}, runs)  # "hf" column: neox without the block
     return {"neox": summary(values["neox"]), "hf": summary(values["hf"])}
 
 
@@ -379,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["matvec", "decode", "prefill", "cold", "rss"],
-        default=["matvec", "decode", "prefill", "cold", "rss"],
+        choices=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks"],
+        default=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks"],
     )
     p.add_argument("--runs", type=int, help="measured runs per number (default 5, --quick 3; at least 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -441,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
         for size in a.sizes:
             folder = checkpoint(a.cache, size, dtype)
-            if {"decode", "prefill"} & set(a.only):
+            if {"decode", "prefill", "hooks"} & set(a.only):
                 neox, hf = load_both(folder, dtype)
                 if "decode" in a.only:
                     for batch in (1,) if quick_bf16 or (a.quick and size != "14m") else (1, 8):
@@ -481,7 +567,53 @@ def main(argv: list[str] | None = None) -> int:
                             0,
                             ">= 1.3x" if dtype == "fp32" else "",
                         )
+                if "hooks" in a.only and dtype == "fp32" and not (a.quick and size != "70m"):
+                    r = bench_hooks_overhead(neox, runs, NEW_TOKENS)
+                    record(
+                        "hooks",
+                        size,
+                        dtype,
+                        {},
+                        r,
+                        f"{size} {dtype} decode tok/s: in `with model.hooks({{}})` vs without (both neox_mini)",
+                        0,
+                        "~1.0x",
+                    )
                 del neox, hf
+            if "cache" in a.only and dtype == "fp32" and size in ("70m", "160m"):
+                neox, hf_eager = checkpoint_models(folder, dtype)
+                for T in (512, 2048):
+                    for everything in (True, False):
+                        what = (
+                            "all hook points vs hidden states + attentions"
+                            if everything
+                            else ("resid_post only vs hidden states")
+                        )
+                        r = bench_cache(neox, hf_eager, T, runs, everything)
+                        record(
+                            "cache",
+                            size,
+                            dtype,
+                            {"tokens": T, "all": everything},
+                            r,
+                            f"{size} {dtype} run_with_cache {T} tok, s ({what})",
+                            3,
+                        )
+                del neox, hf_eager
+                for T in (512, 2048):
+                    r = bench_cache_rss(folder, dtype, T, a.threads)
+                    record(
+                        "cache_rss",
+                        size,
+                        dtype,
+                        {"tokens": T},
+                        r,
+                        f"{size} {dtype} {T} tok peak RSS MiB, all activations (neox plain {r['neox-plain']:.0f}, "
+                        f"resid_post only {r['neox-resid']:.0f} = {r['resid_over_plain']:.2f}x plain; hf plain "
+                        f"{r['hf-plain']:.0f}, hidden states {r['hf-hidden']:.0f})",
+                        0,
+                        "resid <= 1.1x plain",
+                    )
             if "cold" in a.only and not quick_bf16 and not (a.quick and size == "70m"):
                 r = bench_cold(folder, dtype, runs, a.threads)
                 record("cold", size, dtype, {}, r, f"{size} {dtype} start to first token, s", 2, "<= 0.5x")

@@ -368,3 +368,45 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     proc.stdout.close()  # the reader is gone before the program writes a byte
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and stderr == "", stderr
+
+
+# ----------------------------------------------------------------------------- lens, attention
+
+
+def test_lens_prints_every_layer_at_every_position(run, tiny):
+    result = run("lens", "--model", str(tiny), "--top", "2", "Hello, I am")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("position")] == [
+        "position 0 'Hello': next token",
+        "position 1 ',': next token",
+        "position 2 ' I': next token",
+        "position 3 ' am': next token",
+    ]
+    assert len(lines) == 4 * (1 + 3)  # per position: the header, the embedding, 2 layers
+    assert lines[1].split()[0] == "embed" and lines[3].split()[:2] == ["layer", "1"]
+
+
+def test_attention_prints_where_each_head_looks(run, tiny):
+    result = run("attention", "--model", str(tiny), "--layer", "1", "--head", "3", "Hello, I am")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "layer 1 head 3" and len(lines) == 5
+    assert lines[1].split("->")[1].strip().startswith("0 'Hello' 1.00")  # the first token sees only itself
+    bad = run("attention", "--model", str(tiny), "--layer", "2", "Hi")
+    assert bad.returncode == 1 and "layer 2 does not exist: this model has layers 0..1" in bad.stderr
+
+
+def test_plots_are_written_or_refused_in_one_line(run, tiny, tmp_path):
+    lens = run("lens", "--model", str(tiny), "--plot", str(tmp_path / "lens.png"), "Hello, I am")
+    heads = run("attention", "--model", str(tiny), "--layer", "0", "--plot", str(tmp_path / "a.png"), "Hi there")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        for result in (lens, heads):
+            assert result.returncode == 1 and "plots need matplotlib" in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+        return
+    assert lens.returncode == heads.returncode == 0
+    for name in ("lens.png", "a.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
