@@ -45,13 +45,14 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(size))
         self.eps = eps
         self.hook_scale = HookPoint()  # [B, T, 1]
-        self.hook_normalized = HookPoint()  # [B, T, C], after weight and bias
+        self.hook_normalized = HookPoint()  # [B, T, C], before weight and bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         centred = x32 - x32.mean(-1, keepdim=True)  # [B, T, C]
         scale = self.hook_scale((centred.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # [B, T, 1]
-        return self.hook_normalized((centred / scale * self.weight.float() + self.bias.float()).to(x.dtype))
+        normalized = self.hook_normalized(centred / scale)  # [B, T, C]
+        return (normalized * self.weight.float() + self.bias.float()).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- rotary embedding

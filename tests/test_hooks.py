@@ -67,6 +67,10 @@ def transformers_hook_values(hf, ids: torch.Tensor, config: NeoXConfig) -> dict[
         x = x.double()
         return ((x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
+    def normalized(x: torch.Tensor, eps: float) -> torch.Tensor:  # TransformerLens: before weight and bias
+        x = x.double()
+        return (x - x.mean(-1, keepdim=True)) / scale(x, eps)
+
     model = hf.gpt_neox
     handles.append(model.embed_in.register_forward_hook(keep("hook_embed")))
     current = {}
@@ -74,8 +78,6 @@ def transformers_hook_values(hf, ids: torch.Tensor, config: NeoXConfig) -> dict[
         p = f"blocks.{i}."
         handles.append(layer.register_forward_pre_hook(keep_input(p + "hook_resid_pre"), with_kwargs=True))
         handles.append(layer.register_forward_hook(keep(p + "hook_resid_post")))
-        handles.append(layer.input_layernorm.register_forward_hook(keep(p + "ln1.hook_normalized")))
-        handles.append(layer.post_attention_layernorm.register_forward_hook(keep(p + "ln2.hook_normalized")))
         handles.append(layer.attention.register_forward_hook(keep(p + "hook_attn_out")))
         handles.append(layer.mlp.register_forward_hook(keep(p + "hook_mlp_out")))
         handles.append(layer.mlp.dense_h_to_4h.register_forward_hook(keep(p + "mlp.hook_pre")))
@@ -86,7 +88,6 @@ def transformers_hook_values(hf, ids: torch.Tensor, config: NeoXConfig) -> dict[
                 lambda module, args, kwargs, p=p: current.__setitem__("prefix", p), with_kwargs=True
             )
         )
-    handles.append(model.final_layer_norm.register_forward_hook(keep("ln_final.hook_normalized")))
 
     original = modeling.eager_attention_forward
 
@@ -111,13 +112,15 @@ def transformers_hook_values(hf, ids: torch.Tensor, config: NeoXConfig) -> dict[
         p = f"blocks.{i}."
         q, k, v = out.pop(p + "qkv").view(B, T, nh, 3 * hs).split(hs, dim=-1)
         out[p + "attn.hook_q"], out[p + "attn.hook_k"], out[p + "attn.hook_v"] = q, k, v
-        out[p + "ln1.hook_scale"] = scale(out[p + "hook_resid_pre"], config.layer_norm_eps)
-        if config.use_parallel_residual:
-            out[p + "ln2.hook_scale"] = scale(out[p + "hook_resid_pre"], config.layer_norm_eps)
-        else:
-            out[p + "hook_resid_mid"] = out[p + "hook_resid_pre"] + out[p + "hook_attn_out"]
-            out[p + "ln2.hook_scale"] = scale(out[p + "hook_resid_mid"], config.layer_norm_eps)
-    out["ln_final.hook_scale"] = scale(out[f"blocks.{config.num_layers - 1}.hook_resid_post"], config.layer_norm_eps)
+        eps, pre = config.layer_norm_eps, out[p + "hook_resid_pre"]
+        if not config.use_parallel_residual:
+            out[p + "hook_resid_mid"] = pre + out[p + "hook_attn_out"]
+        ln2_input = pre if config.use_parallel_residual else out[p + "hook_resid_mid"]
+        out[p + "ln1.hook_scale"], out[p + "ln1.hook_normalized"] = scale(pre, eps), normalized(pre, eps)
+        out[p + "ln2.hook_scale"], out[p + "ln2.hook_normalized"] = scale(ln2_input, eps), normalized(ln2_input, eps)
+    last = out[f"blocks.{config.num_layers - 1}.hook_resid_post"]
+    out["ln_final.hook_scale"] = scale(last, config.layer_norm_eps)
+    out["ln_final.hook_normalized"] = normalized(last, config.layer_norm_eps)
     return out
 
 
@@ -296,9 +299,7 @@ def test_decompose_resid_and_head_results_add_up(cached):
     acc = cache.accumulated_resid()
     assert acc.shape[0] == 4 and torch.equal(acc[1], cache["blocks.1.hook_resid_pre"])
     normed = cache.accumulated_resid(apply_ln=True)
-    final = model.gpt_neox.final_layer_norm
-    with torch.no_grad():  # the last entry, centred and scaled, then w and b, is the real final norm
-        assert_close("apply_ln", normed[-1] * final.weight + final.bias, cache["ln_final.hook_normalized"])
+    assert_close("apply_ln", normed[-1], cache["ln_final.hook_normalized"])  # the last entry is the real one
 
 
 def test_patch_resid_equals_a_hand_written_loop(cached):
@@ -361,3 +362,63 @@ def test_the_worked_example_in_the_docs_runs(tmp_path, tokenizer_json, capsys):
         torch.set_grad_enabled(True)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 6 + 1 + 1 and out[0].strip().startswith("embed") and "KL(clean || ablated)" in out[-1]
+
+
+TRANSFORMER_LENS_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from fake_hub import add_to_cache, folder_files
+from helpers import hf_pair, random_ids, save_hf_model
+from neox_mini import NeoXConfig
+from neox_mini.parity import difference
+import transformer_lens
+
+config = NeoXConfig.from_pythia("70m")
+hf, ours = hf_pair(config, seed=3)
+folder = save_hf_model(hf, sys.argv[2])
+add_to_cache(sys.argv[3], "EleutherAI/pythia-70m", folder_files(folder), ["main"])  # its config, offline
+tl = transformer_lens.HookedTransformer.from_pretrained_no_processing("EleutherAI/pythia-70m", hf_model=hf,
+                                                                      device="cpu", tokenizer=None)
+ids = random_ids(config, 2, 17, 1)
+_, theirs = tl.run_with_cache(ids)
+_, cache = ours.run_with_cache(ids)
+errors, missing = {}, []
+for name, value in cache.items():
+    if name not in theirs:
+        missing.append(name)
+        continue
+    keep = torch.isfinite(value) if name.endswith("hook_attn_scores") else torch.ones_like(value, dtype=torch.bool)
+    errors[name] = difference(name, value[keep], theirs[name][keep]).rel_error
+    if name.endswith("hook_attn_scores"):
+        assert torch.isneginf(theirs[name][~keep]).all()
+print(json.dumps({"errors": errors, "missing": missing}))
+"""
+
+
+def test_hook_points_equal_transformer_lens_unprocessed(tmp_path):
+    """TransformerLens' HookedTransformer (from_pretrained_no_processing) on the same weights, in a
+    fresh process: it reads its config from the Hub cache, here a hand-built offline one."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("transformer_lens") is None:
+        pytest.skip("TransformerLens is not installed (an optional comparison: pip install transformer-lens)")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    tests = str(Path(__file__).resolve().parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", TRANSFORMER_LENS_SCRIPT, tests, str(tmp_path / "ckpt"), str(tmp_path / "hub")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["missing"] == ["hook_logits"]  # an addition of ours
+    assert len(report["errors"]) > 100
+    worst = max(report["errors"].items(), key=lambda kv: kv[1])
+    assert worst[1] <= FP32, f"worst: {worst}"
