@@ -48,22 +48,36 @@ def to_torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return getattr(torch, name)
 
 
+def inside_folder(path: Path, folder: Path) -> Path:
+    """path, if it (after following links) lies inside the model folder; else a CheckpointError.
+
+    The one exception is the Hugging Face cache's own layout: a snapshot folder's files are links
+    to ../../blobs/, inside the repo's cache folder (models--ORG--NAME), which is allowed."""
+    root = folder.resolve()
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        root = root.parent.parent
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise CheckpointError(f"{path} links to {real}, outside the model folder {folder}: it is not read")
+    return path
+
+
 def find_weight_files(folder: Path) -> tuple[str, list[Path], dict[str, str] | None]:
     """('safetensors' | 'bin', the files to read, the shard index's weight_map or None) for a
-    checkpoint folder. Shards are read only from the folder itself: see read_weight_map."""
+    checkpoint folder. Files are read only from the folder itself (read_weight_map, inside_folder)."""
     for name in WEIGHT_FILES:
         path = folder / name
         if not path.is_file():
             continue
         kind = "safetensors" if ".safetensors" in name else "bin"
         if not name.endswith(".index.json"):
-            return kind, [path], None
-        weight_map = read_weight_map(path)
+            return kind, [inside_folder(path, folder)], None
+        weight_map = read_weight_map(inside_folder(path, folder))
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{path} lists shard(s) that are not in {folder}: {', '.join(missing)}")
-        return kind, [folder / s for s in shards], weight_map
+        return kind, [inside_folder(folder / s, folder) for s in shards], weight_map
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     raise CheckpointError(
         f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}; found {present or 'nothing'}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import read_state_dict, to_torch_dtype
+from .checkpoint import inside_folder, read_state_dict, to_torch_dtype
 from .config import NeoXConfig
 from .errors import CheckpointError
 from .hub import resolve
@@ -60,6 +60,7 @@ def load_folder(
             if not folder.exists()
             else f"{folder} is not a folder (expected config.json + weights)"
         )
+    inside_folder(folder / "config.json", folder)
     config = NeoXConfig.from_hf(folder)
     if gelu is not None:
         config = config.replace(gelu=gelu)

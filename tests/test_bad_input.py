@@ -158,6 +158,13 @@ def outside_shard(folder: Path) -> None:
     index_entry(name, "../elsewhere/x.safetensors")(folder)
 
 
+def link_outside(folder: Path, name: str) -> None:
+    """The file replaced by a link to a copy of it outside the model folder."""
+    outside = folder.parent / f"outside-{name}"
+    shutil.move(folder / name, outside)
+    (folder / name).symlink_to(outside)
+
+
 def nan_weights(folder: Path) -> None:
     edit_tensors(lambda s: s["gpt_neox.layers.0.mlp.dense_4h_to_h.weight"].fill_(float("nan")))(folder)
 
@@ -242,6 +249,25 @@ CASES = [
         INFO,
         ("pytorch_model.bin", "not a plain-weights checkpoint", "nothing in it was run"),
         extra=lambda f: not (f / "pwned").exists() or pytest.fail("the pickle ran"),
+    ),
+    Case(
+        "weights-link-outside",
+        lambda f: link_outside(f, "model.safetensors"),
+        INFO,
+        ("model.safetensors links to", "outside the model folder"),
+    ),
+    Case(
+        "config-link-outside",
+        lambda f: link_outside(f, "config.json"),
+        INFO,
+        ("config.json links to", "outside the model folder"),
+    ),
+    Case(
+        "shard-link-outside",
+        lambda f: link_outside(f, shard(f, 1)),
+        INFO,
+        ("outside the model folder",),
+        base="sharded",
     ),
     Case(
         "index-parent-path",
