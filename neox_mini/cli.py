@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .text_input import read_text_file, utf8_text
+
 DEFAULT_MODEL = "EleutherAI/pythia-14m"
 
 # Options every subcommand accepts after its name. `--debug` is also accepted before the subcommand
@@ -229,27 +231,6 @@ def add_score_parser(sub) -> None:
     p.add_argument("--stride", type=positive_int, help="tokens the window advances by (default: half the window)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     p.set_defaults(func=cmd_score)
-
-
-def utf8_text(data: bytes, what: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{what} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} is invalid ({e.reason})"
-        ) from None
-
-
-def read_text_file(path: str) -> str:
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
-    text = utf8_text(path.read_bytes(), str(path))
-    if not text:
-        raise ValueError(f"{path} is empty: nothing to score")
-    return text
 
 
 def cmd_score(args) -> int:
@@ -702,6 +683,69 @@ def cmd_attention(args) -> int:
     return 0
 
 
+SWEEP_EXAMPLES = """\
+what each kind writes (OUT is a path without extension):
+  logprobs      OUT.npy  float32 [revisions, sequences, tokens - 1]; OUT.csv mean log-prob per revision
+  memorization  OUT.safetensors exact / matched / correct; OUT.csv memorized fraction per revision
+  weights       OUT.safetensors relative_change / cosine / identical [pairs, tensors];
+                OUT.csv per pair of consecutive revisions
+and OUT.json: the provenance of every revision (commit sha, step, tokens seen, known issues) and
+what was skipped. Revisions: names, ranges "step1000:step143000:1000", "all", "every=N".
+Under `torchrun --nproc-per-node N -m neox_mini sweep ...` the revisions are split over the ranks
+(gloo on CPU, NCCL on GPU) and rank 0 writes the same files as one process.
+
+examples:
+  neox-mini sweep logprobs --model pythia-160m --revisions every=10000 --text book.txt --out lp
+  neox-mini sweep memorization --model pythia-70m --revisions step0:step143000:13000 --tokens seqs.npy --out mem
+  neox-mini sweep weights --model runs/ --revisions all --out diffs
+"""
+
+
+def add_sweep_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        parents=[COMMON],
+        help="per-token log-probs, memorization or weight changes across training checkpoints",
+        description="Run one measurement over many revisions of a model, with one model object whose "
+        "weights are swapped in place.",
+        epilog=SWEEP_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("kind", choices=["logprobs", "memorization", "weights"])
+    p.add_argument("--model", required=True, help="a Hub name, or a folder whose subfolders are revisions")
+    p.add_argument("--revisions", required=True, help="names, stepA:stepB:by ranges, all, every=N (comma-separated)")
+    p.add_argument("--out", required=True, help="output path without extension")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--text", metavar="FILE", help="a UTF-8 text, cut into sequences of --length tokens")
+    which.add_argument("--tokens", metavar="FILE.npy", help="an [N, T] integer array of token ids")
+    which.add_argument("--jsonl", metavar="FILE", help='one {"text": ...} or {"tokens": [...]} per line')
+    p.add_argument(
+        "--length", type=positive_int, default=64, help="tokens per sequence for --text/--jsonl (default 64)"
+    )
+    p.add_argument("--prefix", type=positive_int, default=32, help="memorization prefix (default 32)")
+    p.add_argument("--continuation", type=positive_int, default=32, help="memorization continuation (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: the stored dtype")
+    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json (default: the first revision's)")
+    p.add_argument(
+        "--offline", action="store_true", help="only what is cached (as HF_HUB_OFFLINE=1); say what is skipped"
+    )
+    p.add_argument("--plot", metavar="PNG", help="draw the summary against tokens seen (needs matplotlib)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    import os
+
+    from . import sweep_cli
+
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.kind != "weights" and not (args.text or args.tokens or args.jsonl):
+        raise ValueError(f"sweep {args.kind} needs sequences: --text, --tokens or --jsonl")
+    return sweep_cli.run(args)
+
+
 SUBCOMMANDS = [
     add_generate_parser,
     add_score_parser,
@@ -711,6 +755,7 @@ SUBCOMMANDS = [
     add_parity_parser,
     add_lens_parser,
     add_attention_parser,
+    add_sweep_parser,
 ]
 
 

@@ -25,6 +25,11 @@ of --runs runs with min-max, and the ratio neox / transformers:
             (alternating, in-process) and peak RSS of a fresh process each, next to a plain forward.
   hooks     decode tok/s of generate() inside an empty `with model.hooks({}):` block vs outside it
             (neox_mini against itself: the hooks machinery must cost nothing when unused).
+  sweep     20 revisions of a 70m-shape model in a Hub-layout cache (files in the page cache): the
+            log-probs of one 16-token sequence at every revision, three ways, each in a fresh
+            process: neox_mini's sweep (one model, weights swapped in place), a naive loop of
+            from_pretrained + scoring, and transformers' from_pretrained(revision=...) loop.
+            Seconds per revision (the forward of 16 tokens is a few ms of it) and peak RSS.
 
     python scripts/bench.py --quick          # < 10 minutes on a 2-core machine
     python scripts/bench.py                  # everything, 5 runs each
@@ -297,6 +302,81 @@ def bench_hooks_overhead(neox, runs: int, new_tokens: int) -> dict:
     return {"neox": summary(values["neox"]), "hf": summary(values["hf"])}
 
 
+SWEEP_REVISIONS = [f"step{s}" for s in range(1000, 21000, 1000)]
+SWEEP_SCRIPT = """
+import os, sys, time, torch
+torch.set_num_threads({threads})
+ids = torch.randint(0, 50000, (1, 16), generator=torch.Generator().manual_seed(0))
+revisions = {revisions!r}
+t0 = time.perf_counter()
+if sys.argv[1] == "sweep":
+    from neox_mini.sweep import token_logprobs
+    token_logprobs("EleutherAI/pythia-70m", revisions, ids)
+elif sys.argv[1] == "naive":
+    from neox_mini import from_pretrained
+    from neox_mini.scoring import token_logprobs
+    for r in revisions:
+        token_logprobs(from_pretrained("EleutherAI/pythia-70m", revision=r), ids[0])
+else:
+    from transformers import GPTNeoXForCausalLM
+    for r in revisions:
+        m = GPTNeoXForCausalLM.from_pretrained("EleutherAI/pythia-70m", revision=r)
+        with torch.inference_mode():
+            m(ids).logits.log_softmax(-1)
+print((time.perf_counter() - t0) / len(revisions))
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+
+
+def sweep_cache(cache: Path) -> Path:
+    """A Hub-layout cache of EleutherAI/pythia-70m at 20 revisions (random weights, seed = step),
+    written once: blobs named by sha256, snapshot links, refs."""
+    import hashlib
+
+    from neox_mini import NeoXConfig
+    from neox_mini.synthetic import write_random_checkpoint
+
+    root = cache / "sweep-hub"
+    repo = root / "models--EleutherAI--pythia-70m"
+    for revision in SWEEP_REVISIONS:
+        if (repo / "refs" / revision).is_file():
+            continue
+        print(f"  making {revision} ...", flush=True)
+        tmp = write_random_checkpoint(cache / "sweep-tmp", NeoXConfig.from_pythia("70m"), seed=int(revision[4:]))
+        sha = hashlib.sha1(revision.encode()).hexdigest()
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / sha).mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            f.replace(repo / "blobs" / digest)
+            (repo / "snapshots" / sha / f.name).symlink_to(f"../../blobs/{digest}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / revision).write_text(sha)
+    return root
+
+
+def bench_sweep(cache: Path, runs: int, threads: int) -> dict:
+    root = sweep_cache(cache)
+    env = {**os.environ, "HF_HUB_CACHE": str(root), "HF_HUB_OFFLINE": "1"}
+    code = SWEEP_SCRIPT.format(threads=threads, revisions=SWEEP_REVISIONS)
+
+    def run(variant):
+        out = subprocess.run(
+            [sys.executable, "-c", code, variant], capture_output=True, text=True, env=env, check=True
+        ).stdout.split()
+        rss[variant].append(int(out[-1]) / 1024)
+        return float(out[-2])
+
+    rss = {"sweep": [], "naive": [], "hf": []}
+    values = alternate({v: (lambda v=v: run(v)) for v in rss}, runs)
+    return {
+        "neox": summary(values["sweep"]),
+        "naive": summary(values["naive"]),
+        "hf": summary(values["hf"]),
+        "rss_mib": {v: round(statistics.median(x), 1) for v, x in rss.items()},
+    }
+
+
 def bench_matvec(C: int, dtype: str, runs: int) -> dict:
     """GB/s of the LM-head product for one token: F.linear vs fast.linear (a batched product)."""
     import torch.nn.functional as F
@@ -465,8 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks"],
-        default=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks"],
+        choices=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep"],
+        default=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep"],
     )
     p.add_argument("--runs", type=int, help="measured runs per number (default 5, --quick 3; at least 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -630,6 +710,20 @@ def main(argv: list[str] | None = None) -> int:
                     0,
                     f"neox <= {r['budget_mib']:.0f}",
                 )
+    if "sweep" in a.only:
+        r = bench_sweep(a.cache, runs, a.threads)
+        record(
+            "sweep",
+            "70m",
+            "fp32",
+            {"revisions": len(SWEEP_REVISIONS)},
+            r,
+            f"70m fp32 sweep, s per revision over 20 (naive from_pretrained loop {fmt(r['naive'], 3)}; "
+            f"peak RSS MiB sweep {r['rss_mib']['sweep']:.0f}, naive {r['rss_mib']['naive']:.0f}, "
+            f"transformers {r['rss_mib']['hf']:.0f})",
+            3,
+            "<= 0.15 s",
+        )
     results["seconds"] = time.perf_counter() - started
     a.json.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\n{results['seconds']:.0f} s; load average now {load_avg()}; JSON: {a.json}")
