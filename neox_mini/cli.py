@@ -746,6 +746,69 @@ def cmd_sweep(args) -> int:
     return sweep_cli.run(args)
 
 
+EVAL_EXAMPLES = """\
+Runs lm-evaluation-harness (pip install 'neox_mini[eval]') with neox_mini as the model, over one
+revision or several (one model object, weights swapped in place), and writes OUT/<revision>.json
+(lm-eval's results, plus the revision's provenance under "neox_mini") and OUT/summary.md.
+
+examples:
+  neox-mini eval --model pythia-70m --tasks lambada_openai --out results
+  neox-mini eval --model pythia-160m --revisions every=20000 --tasks piqa,arc_easy --out sweep
+  neox-mini eval --model /tmp/pythia-70m-random --tasks my_task --include-path tasks/ --limit 20 --out r
+"""
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        parents=[COMMON],
+        help="lm-evaluation-harness tasks over one or more revisions",
+        description="Evaluate with lm-evaluation-harness, as the Pythia paper did.",
+        epilog=EVAL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="checkpoint folder or Hub name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--revision", help="one Hub revision")
+    which.add_argument("--revisions", help="several: names, stepA:stepB:by, all, every=N (comma-separated)")
+    p.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated")
+    p.add_argument("--include-path", metavar="DIR", help="a folder of task YAML files (lm-eval's --include_path)")
+    p.add_argument("--out", required=True, help="folder for the results")
+    p.add_argument("--limit", type=positive_int, help="documents per task (for a quick look)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-length", type=positive_int, help="context length (default: the model's)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    try:
+        from .lm_eval import evaluate
+    except ImportError as e:
+        raise ImportError(f"neox-mini eval needs lm-evaluation-harness: pip install 'neox_mini[eval]' ({e})") from None
+    from .sweep import _available, parse_revisions
+
+    if args.revisions:
+        revisions = parse_revisions(args.revisions, _available(args.model))
+    else:
+        revisions = [args.revision] if args.revision else [None]
+    results = evaluate(
+        args.model,
+        args.tasks.split(","),
+        revisions,
+        include_path=args.include_path,
+        out=args.out,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        dtype=args.dtype,
+    )
+    from .lm_eval import summary_table
+
+    print(summary_table(results), end="")
+    return 0
+
+
 SUBCOMMANDS = [
     add_generate_parser,
     add_score_parser,
@@ -756,6 +819,7 @@ SUBCOMMANDS = [
     add_lens_parser,
     add_attention_parser,
     add_sweep_parser,
+    add_eval_parser,
 ]
 
 

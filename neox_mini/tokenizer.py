@@ -52,14 +52,15 @@ class Tokenizer:
         ids = self._tok.encode(text, add_special_tokens=False).ids
         return [BOS_ID] + ids if bos else ids
 
-    def decode(self, ids) -> str:
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """The text of the ids; skip_special_tokens drops <|endoftext|> and <|padding|>."""
         ids = [int(i) for i in ids]
         # tokenizers silently decodes an unknown id to "" (e.g. a padded-vocab row like 50300):
         # refuse it instead, since it means the ids did not come from this tokenizer.
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is out of range: the tokenizer has ids 0..{self.vocab_size - 1}")
-        return self._tok.decode(ids, skip_special_tokens=False)
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)

@@ -30,6 +30,10 @@ of --runs runs with min-max, and the ratio neox / transformers:
             process: neox_mini's sweep (one model, weights swapped in place), a naive loop of
             from_pretrained + scoring, and transformers' from_pretrained(revision=...) loop.
             Seconds per revision (the forward of 16 tokens is a few ms of it) and peak RSS.
+  eval      lm-evaluation-harness on neox_mini.lm_eval.example_tasks (one task per request type)
+            with the neox_mini model vs lm-eval's own `--model hf`, on a random 70m-shape
+            checkpoint: seconds of simple_evaluate (task loading included) and peak RSS, each run
+            in a fresh process.
 
     python scripts/bench.py --quick          # < 10 minutes on a 2-core machine
     python scripts/bench.py                  # everything, 5 runs each
@@ -377,6 +381,48 @@ def bench_sweep(cache: Path, runs: int, threads: int) -> dict:
     }
 
 
+EVAL_SCRIPT = """
+import os, sys, time, torch
+os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+torch.set_num_threads({threads})
+import lm_eval
+from lm_eval.tasks import TaskManager
+tm = TaskManager(include_path=sys.argv[2])
+tasks = ["nm_ll", "nm_roll", "nm_mc", "nm_gen"]
+t0 = time.perf_counter()
+if sys.argv[3] == "neox":
+    from neox_mini.lm_eval import NeoXMiniLM
+    lm_eval.simple_evaluate(model=NeoXMiniLM(pretrained=sys.argv[1]), tasks=tasks, task_manager=tm, batch_size=8)
+else:
+    lm_eval.simple_evaluate(model="hf", model_args="pretrained=" + sys.argv[1] + ",dtype=float32", tasks=tasks,
+                            task_manager=tm, batch_size=8, device="cpu")
+print(time.perf_counter() - t0)
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+
+
+def bench_eval(folder: Path, cache: Path, runs: int, threads: int) -> dict:
+    from neox_mini.lm_eval import example_tasks
+
+    tasks = example_tasks(cache / "eval-tasks")
+    code = EVAL_SCRIPT.format(threads=threads)
+    rss = {"neox": [], "hf": []}
+
+    def run(variant):
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(folder), str(tasks), variant], capture_output=True, text=True, check=True
+        ).stdout.split()
+        rss[variant].append(int(out[-1]) / 1024)
+        return float(out[-2])
+
+    values = alternate({v: (lambda v=v: run(v)) for v in rss}, runs)
+    return {
+        "neox": summary(values["neox"]),
+        "hf": summary(values["hf"]),
+        "rss_mib": {v: round(statistics.median(x), 1) for v, x in rss.items()},
+    }
+
+
 def bench_matvec(C: int, dtype: str, runs: int) -> dict:
     """GB/s of the LM-head product for one token: F.linear vs fast.linear (a batched product)."""
     import torch.nn.functional as F
@@ -545,8 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep"],
-        default=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep"],
+        choices=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep", "eval"],
+        default=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep", "eval"],
     )
     p.add_argument("--runs", type=int, help="measured runs per number (default 5, --quick 3; at least 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -723,6 +769,19 @@ def main(argv: list[str] | None = None) -> int:
             f"transformers {r['rss_mib']['hf']:.0f})",
             3,
             "<= 0.15 s",
+        )
+    if "eval" in a.only:
+        r = bench_eval(checkpoint(a.cache, "70m", "fp32"), a.cache, runs, a.threads)
+        record(
+            "eval",
+            "70m",
+            "fp32",
+            {},
+            r,
+            f"70m fp32 lm-eval example tasks, s (peak RSS MiB neox "
+            f"{r['rss_mib']['neox']:.0f}, hf {r['rss_mib']['hf']:.0f})",
+            1,
+            "",
         )
     results["seconds"] = time.perf_counter() - started
     a.json.write_text(json.dumps(results, indent=1) + "\n")

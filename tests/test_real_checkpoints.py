@@ -119,3 +119,30 @@ def test_pythia_410m_deduped_greedy_generation_matches_transformers_integration_
     assert ids.tolist() == [[3220, 7583, 2739, 310]]
     out = generate(model, ids, max_new_tokens=20)
     assert tokenizer.decode(out[0].tolist()) == EXPECTED
+
+
+# The Pythia numbers to expect from lm-evaluation-harness on real weights: pythia-70m (main)
+# lambada_openai, as reported in lm-evaluation-harness PR #658. The task downloads its dataset,
+# so this runs only where both the weights and the dataset are at hand.
+LAMBADA_PYTHIA_70M = {"perplexity": 141.28, "acc": 0.1842}
+
+
+@pytest.mark.skipif("pythia-70m" not in MODELS, reason=NOT_FOUND)
+def test_pythia_70m_lambada_as_published():
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'neox_mini[eval]')")
+    import lm_eval
+
+    from neox_mini.lm_eval import NeoXMiniLM
+
+    try:  # the task's dataset comes from the Hub: without it (offline, nothing cached) there is no test
+        import datasets
+
+        datasets.load_dataset("EleutherAI/lambada_openai", "default", split="test")
+    except Exception as e:
+        pytest.skip(f"the lambada_openai dataset is not available here: {type(e).__name__}")
+    results = lm_eval.simple_evaluate(
+        model=NeoXMiniLM(pretrained=str(MODELS["pythia-70m"])), tasks=["lambada_openai"], batch_size=16
+    )
+    got = results["results"]["lambada_openai"]
+    assert got["perplexity,none"] == pytest.approx(LAMBADA_PYTHIA_70M["perplexity"], abs=0.01)
+    assert got["acc,none"] == pytest.approx(LAMBADA_PYTHIA_70M["acc"], abs=1e-4)
