@@ -69,7 +69,7 @@ def patch_resid(
     return out
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
@@ -83,7 +83,7 @@ def _pyplot():
 def plot_lens(model: GPTNeoX, input_ids: torch.Tensor, labels: list[str], path: str | Path) -> Path:
     """A heat map, layers x positions, of the probability each layer gives to the model's final
     prediction at that position (the token the last layer ranks first)."""
-    plt = _pyplot()
+    plt = pyplot()
     _, cache = model.run_with_cache(input_ids)
     probs = cache.logit_lens()[:, 0].float().softmax(-1)  # [L + 1, T, V]
     final = probs[-1].argmax(-1)  # [T]
@@ -102,7 +102,7 @@ def plot_lens(model: GPTNeoX, input_ids: torch.Tensor, labels: list[str], path: 
 
 def plot_attention(pattern: torch.Tensor, path: str | Path, layer: int) -> Path:
     """One heat map per head ([heads, query, key] from attention_patterns), side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     heads = pattern.shape[0]
     cols = min(heads, 4)
     rows = (heads + cols - 1) // cols

@@ -786,10 +786,10 @@ def cmd_eval(args) -> int:
         from .lm_eval import evaluate
     except ImportError as e:
         raise ImportError(f"neox-mini eval needs lm-evaluation-harness: pip install 'neox_mini[eval]' ({e})") from None
-    from .sweep import _available, parse_revisions
+    from .sweep import parse_revisions, revision_folders
 
     if args.revisions:
-        revisions = parse_revisions(args.revisions, _available(args.model))
+        revisions = parse_revisions(args.revisions, revision_folders(args.model))
     else:
         revisions = [args.revision] if args.revision else [None]
     results = evaluate(

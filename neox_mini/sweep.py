@@ -112,6 +112,13 @@ def locate(
     return out
 
 
+def locate_all(model: str | Path, revisions, download: bool | None) -> tuple[list[Revision], list[str]]:
+    """parse_revisions + locate: (the revisions found, the names skipped because not cached offline)."""
+    skipped: list[str] = []
+    located = locate(model, parse_revisions(revisions, revision_folders(model)), download=download, skipped=skipped)
+    return located, skipped
+
+
 # ----------------------------------------------------------------------------- one model, many weights
 
 
@@ -233,8 +240,7 @@ def token_logprobs(
     """log p(token t+1 | tokens <= t) of every sequence at every revision: values["logprobs"] is
     float32 [R, N, T - 1]. Sequences must have equal length (no padding is involved)."""
     ids = as_batch(sequences)
-    skipped: list[str] = []
-    located = locate(model, parse_revisions(revisions, _available(model)), download=download, skipped=skipped)
+    located, skipped = locate_all(model, revisions, download)
     out = torch.empty(len(located), ids.shape[0], ids.shape[1] - 1)
     for r, (_, m) in enumerate(each_revision(located, dtype, device, progress)):
         for rows, logits in batched_logits(m, ids, batch_size):
@@ -267,8 +273,7 @@ def memorization(
             f"sequences of {ids.shape[1]} tokens are shorter than prefix {prefix} + continuation {continuation}"
         )
     ids = ids[:, : prefix + continuation]
-    skipped: list[str] = []
-    located = locate(model, parse_revisions(revisions, _available(model)), download=download, skipped=skipped)
+    located, skipped = locate_all(model, revisions, download)
     correct = torch.zeros(len(located), ids.shape[0], continuation, dtype=torch.bool)
     for r, (_, m) in enumerate(each_revision(located, dtype, device, progress)):
         for rows, logits in batched_logits(m, ids, batch_size):
@@ -289,8 +294,7 @@ def weight_diffs(
     read at all; otherwise each tensor is hashed and compared. Tensors are read one at a time.
     values: "relative_change", "cosine" float64 [R - 1, tensors], "identical" bool [same]; the
     tensor names are in `names`."""
-    skipped: list[str] = []
-    located = locate(model, parse_revisions(revisions, _available(model)), download=download, skipped=skipped)
+    located, skipped = locate_all(model, revisions, download)
     if len(located) < 2:
         raise ValueError("weight_diffs needs at least two revisions")
     names = None
@@ -375,7 +379,7 @@ class TensorReader:
         return out
 
 
-def _available(model: str | Path) -> list[str] | None:
+def revision_folders(model: str | Path) -> list[str] | None:
     """For a local sweep folder: its revision subfolders, by step; None for a Hub name."""
     base = Path(model).expanduser()
     if base.is_dir() and not (base / "config.json").is_file():

@@ -86,7 +86,7 @@ def gather(piece, rank: int, world: int) -> list | None:
 
 def run(args) -> int:
     rank, world = rank_and_world()
-    names = sweep.parse_revisions(args.revisions, sweep._available(args.model))
+    names = sweep.parse_revisions(args.revisions, sweep.revision_folders(args.model))
     skipped: list[str] = []
 
     def progress(i: int, n: int, name: str) -> None:
@@ -128,14 +128,10 @@ def run(args) -> int:
     gathered = gather({"pieces": pieces, "skipped": skipped}, rank, world)
     if rank == 0:
         merged = _merge(args.kind, [p for g in gathered for p in g["pieces"]])
-        merged["skipped"] = sorted({s for g in gathered for s in g["skipped"]}, key=names_order(args))
+        order = {name: i for i, name in enumerate(names)}
+        merged["skipped"] = sorted({s for g in gathered for s in g["skipped"]}, key=lambda n: order.get(n, len(order)))
         _write(args, merged)
     return 0
-
-
-def names_order(args):
-    order = {name: i for i, name in enumerate(sweep.parse_revisions(args.revisions, sweep._available(args.model)))}
-    return lambda name: order.get(name, len(order))
 
 
 def _merge(kind: str, pieces: list[dict]) -> dict:
@@ -219,9 +215,9 @@ def _summary(p: dict) -> dict:
 
 
 def _plot(args, rows: list[dict]) -> None:
-    from .analysis import _pyplot
+    from .analysis import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     column = {"logprobs": "mean_logprob", "memorization": "memorized_fraction", "weights": "mean_relative_change"}
     points = [(int(r["tokens"]), float(r[column[args.kind]])) for r in rows if r["tokens"] not in ("", 0)]
     fig, ax = plt.subplots(figsize=(6, 4))
