@@ -809,6 +809,70 @@ def cmd_eval(args) -> int:
     return 0
 
 
+PLAN_EXAMPLES = """\
+Weights are exact (every tensor's bytes, split as tensor parallelism over N devices splits them);
+the KV cache, activations and workspace are estimates whose formulas neox_mini/plan.py states.
+Nothing is downloaded: a Pythia name uses the table, a folder its config.json.
+
+examples:
+  neox-mini plan --model pythia-12b --dtype bf16
+  neox-mini plan --model pythia-12b --dtype bf16 --devices 2 --context 2048 --batch 8
+"""
+
+
+def add_plan_parser(sub) -> None:
+    p = sub.add_parser(
+        "plan",
+        parents=[COMMON],
+        help="memory per device from the config alone: weights, KV cache, activations",
+        description="The memory each device needs for a model, and whether it fits.",
+        epilog=PLAN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="a Pythia name or a checkpoint folder")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
+    p.add_argument("--devices", type=positive_int, default=1, help="tensor-parallel devices (default 1)")
+    p.add_argument("--context", type=positive_int, help="tokens per sequence (default: the model's context)")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--device", default="cpu", help="where it would run, for the memory available (default cpu)")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args) -> int:
+    from pathlib import Path
+
+    from .config import NeoXConfig
+    from .plan import available_memory, plan
+
+    folder = Path(args.model).expanduser()
+    config = NeoXConfig.from_hf(folder) if folder.is_dir() else NeoXConfig.from_pythia(args.model)
+    p = plan(config, args.dtype, devices=args.devices, context=args.context, batch=args.batch)
+    have = available_memory(args.device)
+    gib = 2**30
+    print(
+        f"{args.model}: {config.num_params():,} parameters, {args.dtype}, {args.devices} device(s), "
+        f"batch {p.batch} x {p.context} tokens; per device:"
+    )
+    for name, value in (
+        ("weights", p.weights),
+        ("KV cache", p.kv_cache),
+        ("activations", p.activations),
+        ("workspace", p.workspace),
+        ("total", p.total),
+    ):
+        print(f"  {name:<12} {value / gib:>10.2f} GiB  ({value:,} bytes)")
+    # On the CPU the ranks share one machine's memory; a GPU each has its own.
+    need = p.total * (args.devices if args.device == "cpu" else 1)
+    fits = need <= have
+    where = (
+        f"{args.devices} ranks on this machine need {need / gib:.2f} GiB; "
+        if args.device == "cpu" and args.devices > 1
+        else ""
+    )
+    print(f"  {where}{args.device} has {have / gib:.2f} GiB: {'fits' if fits else 'does NOT fit'}")
+    return 0 if fits else 1
+
+
 SUBCOMMANDS = [
     add_generate_parser,
     add_score_parser,
@@ -820,6 +884,7 @@ SUBCOMMANDS = [
     add_attention_parser,
     add_sweep_parser,
     add_eval_parser,
+    add_plan_parser,
 ]
 
 
