@@ -126,7 +126,7 @@ def block_forward(
 
 
 def attention_mask_for_sdpa(
-    start_pos: int, T: int, attention_mask: torch.Tensor | None, dtype: torch.dtype, device
+    start_pos: int, T: int, attention_mask: torch.Tensor | None, dtype: torch.dtype, device, has_padding: bool = True
 ) -> tuple[torch.Tensor | None, bool]:
     """(additive mask [B|1, 1, T, S] or None, is_causal) for F.scaled_dot_product_attention.
 
@@ -136,9 +136,8 @@ def attention_mask_for_sdpa(
     value rather than -inf, so a row with every key masked (a left-padding position) gives finite
     garbage that nobody reads instead of NaN that would leak into other rows.
     """
-    S = start_pos + T
-    if attention_mask is not None and bool(attention_mask[:, :S].all()):
-        attention_mask = None  # generate() always passes one; without padding it changes nothing
+    if attention_mask is not None and not has_padding:
+        attention_mask = None  # the caller passed one, but without padding it changes nothing
     if attention_mask is None and T == 1:
         return None, False
     if attention_mask is None and start_pos == 0:
@@ -157,9 +156,14 @@ def forward(
     position_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     last_token_only: bool = False,
+    checked: bool = False,
 ) -> torch.Tensor:
     """What `model(input_ids, ...)` returns (logits [B, T, V], or [B, 1, V] with last_token_only),
-    computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states)."""
+    computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states).
+
+    checked=True skips the input checks, for a caller that has already made them: checking the
+    token ids reads them back from the device (a host synchronisation, which on a GPU stalls every
+    decoded token), and generate feeds back only ids it sampled itself."""
     if model.hooked:  # hooks attached: they live in the readable forward, so run that one
         return model(
             input_ids,
@@ -168,7 +172,8 @@ def forward(
             attention_mask=attention_mask,
             last_token_only=last_token_only,
         )
-    model.check_inputs(input_ids, start_pos)
+    if not checked:
+        model.check_inputs(input_ids, start_pos)
     B, T = input_ids.shape
     S = start_pos + T
     if position_ids is None:
@@ -176,7 +181,9 @@ def forward(
 
     x = F.embedding(input_ids, model.gpt_neox.embed_in.weight)  # [B, T, C]
     M = rotation_matrices(model, position_ids, x.dtype)  # [B, T, R, R]
-    mask, is_causal = attention_mask_for_sdpa(start_pos, T, attention_mask, x.dtype, x.device)
+    # Whether the mask hides anything: read back from the device (a sync) unless the caller knows.
+    has_padding = checked or attention_mask is None or not bool(attention_mask[:, :S].all())
+    mask, is_causal = attention_mask_for_sdpa(start_pos, T, attention_mask, x.dtype, x.device, has_padding)
     for block in model.gpt_neox.layers:
         x = block_forward(block, x, M, mask, is_causal, start_pos)  # [B, T, C]
     if last_token_only:

@@ -46,8 +46,9 @@ def prefill(model: GPTNeoX, input_ids: torch.Tensor, **forward_kwargs) -> torch.
 
 @torch.inference_mode()
 def decode_one_token(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> torch.Tensor:
-    """Logits after feeding one token per row ([B, 1] at sequence index pos) -> [B, V]."""
-    return fast.forward(model, token, start_pos=pos, **forward_kwargs)[:, -1]  # [B, V]
+    """Logits after feeding one token per row ([B, 1] at sequence index pos) -> [B, V]. The ids come
+    from sample() and the position from the loop, so the input checks (a host sync each) are skipped."""
+    return fast.forward(model, token, start_pos=pos, checked=True, **forward_kwargs)[:, -1]  # [B, V]
 
 
 def mask_padded_vocab(logits: torch.Tensor, vocab_limit: int) -> torch.Tensor:
@@ -198,6 +199,8 @@ def generate_tokens(
     n_pad = T - n_real  # [B]
     # The mask over every key the sequence will ever have: the prompt's, then all-real for the
     # generated tokens. The model reads its first S columns at each step.
+    # Only a batch with padding needs a mask; checked once here, not read back at every step.
+    padded = not bool(attention_mask.all())
     full_mask = torch.cat(
         [attention_mask, torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)], 1
     )  # [B, total]
@@ -251,7 +254,9 @@ def generate_tokens(
                     return
             seen[torch.arange(B, device=device), token] = True
             sequence[:, pos] = token
-            if pos + 1 < total and full_forwards:
+            if pos + 1 == total:
+                break
+            if full_forwards:
                 S = pos + 1
                 logits = model(
                     sequence[:, :S],
@@ -259,11 +264,15 @@ def generate_tokens(
                     attention_mask=full_mask[:, :S],
                     last_token_only=True,
                 )[:, -1]  # [B, V]
-            elif pos + 1 < total:
+            else:
                 logits = decode_one_token(
-                    model, token[:, None], pos, position_ids=positions[:, pos : pos + 1], attention_mask=full_mask
+                    model,
+                    token[:, None],
+                    pos,
+                    position_ids=positions[:, pos : pos + 1],
+                    attention_mask=full_mask if padded else None,
                 )  # [B, V]
-                nonfinite |= ~torch.isfinite(logits).all(-1)
+            nonfinite |= ~torch.isfinite(logits).all(-1)
         check_finite(nonfinite, "generation")
     finally:
         model.clear_kv_cache()

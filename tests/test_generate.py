@@ -270,3 +270,15 @@ def test_bad_batches(model, tok):
 def test_zero_new_tokens_returns_the_prompt(model):
     prompt = torch.tensor([[5, 6, 7]])
     assert torch.equal(generate(model, prompt, 0), prompt)
+
+
+def test_decoding_reads_nothing_back_for_its_input_checks(model, monkeypatch):
+    """The prompt is checked once; the decode steps feed back ids the sampler produced, so their
+    checks (each a read back from the device, a stall per token on a GPU) are skipped."""
+    calls = []
+    check = model.check_inputs
+    monkeypatch.setattr(model, "check_inputs", lambda ids, start: calls.append(start) or check(ids, start))
+    out = generate(model, torch.tensor([[5, 17, 300, 2]]), 10)
+    assert calls == [0] and out.shape == (1, 14)
+    with pytest.raises(ValueError, match="out of range"):  # the prompt itself is still checked
+        generate(model, torch.tensor([[5, 1001]]), 3)
