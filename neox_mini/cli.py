@@ -48,6 +48,14 @@ def add_model_options(
         )
 
 
+def add_command(sub, name: str, func, **parser_options) -> argparse.ArgumentParser:
+    """The subcommand `name`, run by func(args); it accepts --debug after its name, and its examples
+    (the epilog) print as written."""
+    p = sub.add_parser(name, parents=[COMMON], formatter_class=argparse.RawDescriptionHelpFormatter, **parser_options)
+    p.set_defaults(func=func)
+    return p
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -97,13 +105,13 @@ examples:
 
 
 def add_generate_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "generate",
-        parents=[COMMON],
+        cmd_generate,
         help="generate text from a prompt (streamed)",
         description="Generate a continuation of PROMPT and stream it to stdout.",
         epilog=GENERATE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from stdin)")
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
@@ -142,7 +150,6 @@ def add_generate_parser(sub) -> None:
         action="store_true",
         help="if prompt + N exceeds the context, keep the prompt's last tokens instead of failing",
     )
-    p.set_defaults(func=cmd_generate)
 
 
 def unescape(text: str) -> str:
@@ -217,20 +224,19 @@ examples:
 
 
 def add_score_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "score",
-        parents=[COMMON],
+        cmd_score,
         help="perplexity and bits per byte of a text file",
         description="Perplexity, tokens scored and bits per byte of a UTF-8 text file.",
         epilog=SCORE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
     p.add_argument("--window", type=positive_int, help="tokens per forward pass (default: the context length)")
     p.add_argument("--stride", type=positive_int, help="tokens the window advances by (default: half the window)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
-    p.set_defaults(func=cmd_score)
 
 
 def cmd_score(args) -> int:
@@ -272,18 +278,17 @@ examples:
 
 
 def add_info_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "info",
-        parents=[COMMON],
+        cmd_info,
         help="what a checkpoint holds: config, params, dtypes, files, memory",
         description="Where the model came from, its config, total and non-embedding parameters "
         "(checked against the Pythia table), stored dtypes, files and bytes, and "
         "the memory it needs per dtype.",
         epilog=INFO_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p, "dtype to load in (default: the stored one)")
-    p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args) -> int:
@@ -338,16 +343,15 @@ def cmd_info(args) -> int:
 
 
 def add_configs_parser(sub) -> None:
-    p = sub.add_parser(
+    add_command(
+        sub,
         "configs",
-        parents=[COMMON],
+        cmd_configs,
         help="the Pythia table (sizes, params, training hyper-parameters)",
         description="The Pythia suite as in neox_mini/pythia.toml (batch size and learning "
         "rate as in the model card) and the seed runs of each size.",
         epilog="example:\n  neox-mini configs",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(func=cmd_configs)
 
 
 def cmd_configs(args) -> int:
@@ -412,14 +416,14 @@ Short names: pythia-160m, 160m, pythia-160m-deduped, 160m-deduped, pythia-70m-se
 
 
 def add_revisions_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "revisions",
-        parents=[COMMON],
+        cmd_revisions,
         help="the 154 Pythia training checkpoints (step <-> tokens)",
         description="List the checkpoints every Pythia model has as a Hub branch, or, with "
         "--cached, the revisions of one model already in the Hugging Face cache.",
         epilog=REVISIONS_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--cached",
@@ -427,7 +431,6 @@ def add_revisions_parser(sub) -> None:
         help="a Hub name (EleutherAI/pythia-160m, pythia-160m): list its revisions in the cache, "
         "with commit, state and known issues",
     )
-    p.set_defaults(func=cmd_revisions)
 
 
 def cmd_revisions(args) -> int:
@@ -478,9 +481,10 @@ examples:
 
 
 def add_parity_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "parity",
-        parents=[COMMON],
+        cmd_parity,
         help="check neox_mini layer by layer against transformers or a reference file",
         description="Run neox_mini and a reference on the same inputs and report, for the "
         "embeddings, every layer's residual stream, the final layer norm and the "
@@ -488,7 +492,6 @@ def add_parity_parser(sub) -> None:
         "divergence and top-1 / top-5 agreement; and the first layer over the "
         "tolerance.",
         epilog=PARITY_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(
         p,
@@ -525,7 +528,6 @@ def add_parity_parser(sub) -> None:
         help="residual-stream channels kept per layer in a saved reference (default 64)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=cmd_parity)
 
 
 def cmd_parity(args) -> int:
@@ -576,13 +578,13 @@ examples:
 
 
 def add_lens_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "lens",
-        parents=[COMMON],
+        cmd_lens,
         help="the logit lens: what each layer predicts at each position",
         description="The logit lens: each layer's top next-token predictions at each position.",
         epilog=LENS_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("text", metavar="TEXT", help="the text to read ('-' reads it from stdin)")
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
@@ -593,7 +595,6 @@ def add_lens_parser(sub) -> None:
         help="also draw the probability of the final prediction per layer "
         "and position (needs matplotlib: pip install 'neox_mini[plot]')",
     )
-    p.set_defaults(func=cmd_lens)
 
 
 def text_ids(args, tokenizer, model):
@@ -642,13 +643,13 @@ examples:
 
 
 def add_attention_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "attention",
-        parents=[COMMON],
+        cmd_attention,
         help="attention patterns of one layer: where each head looks",
         description="For each head of one layer and each position: the positions it attends to most.",
         epilog=ATTENTION_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("text", metavar="TEXT", help="the text to read ('-' reads it from stdin)")
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
@@ -656,7 +657,6 @@ def add_attention_parser(sub) -> None:
     p.add_argument("--head", type=int, help="only this head (default: every head)")
     p.add_argument("--top", type=positive_int, default=2, help="key positions shown per query (default 2)")
     p.add_argument("--plot", metavar="PNG", help="also draw each head's pattern as a heat map (needs matplotlib)")
-    p.set_defaults(func=cmd_attention)
 
 
 def cmd_attention(args) -> int:
@@ -702,14 +702,14 @@ examples:
 
 
 def add_sweep_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "sweep",
-        parents=[COMMON],
+        cmd_sweep,
         help="per-token log-probs, memorization or weight changes across training checkpoints",
         description="Run one measurement over many revisions of a model, with one model object whose "
         "weights are swapped in place.",
         epilog=SWEEP_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("kind", choices=["logprobs", "memorization", "weights"])
     p.add_argument("--model", required=True, help="a Hub name, or a folder whose subfolders are revisions")
@@ -731,7 +731,6 @@ def add_sweep_parser(sub) -> None:
         "--offline", action="store_true", help="only what is cached (as HF_HUB_OFFLINE=1); say what is skipped"
     )
     p.add_argument("--plot", metavar="PNG", help="draw the summary against tokens seen (needs matplotlib)")
-    p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
@@ -759,13 +758,13 @@ examples:
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "eval",
-        parents=[COMMON],
+        cmd_eval,
         help="lm-evaluation-harness tasks over one or more revisions",
         description="Evaluate with lm-evaluation-harness, as the Pythia paper did.",
         epilog=EVAL_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="checkpoint folder or Hub name")
     which = p.add_mutually_exclusive_group()
@@ -778,7 +777,6 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-length", type=positive_int, help="context length (default: the model's)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> int:
@@ -821,13 +819,13 @@ examples:
 
 
 def add_plan_parser(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "plan",
-        parents=[COMMON],
+        cmd_plan,
         help="memory per device from the config alone: weights, KV cache, activations",
         description="The memory each device needs for a model, and whether it fits.",
         epilog=PLAN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="a Pythia name or a checkpoint folder")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
@@ -835,7 +833,6 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--context", type=positive_int, help="tokens per sequence (default: the model's context)")
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--device", default="cpu", help="where it would run, for the memory available (default cpu)")
-    p.set_defaults(func=cmd_plan)
 
 
 def cmd_plan(args) -> int:
