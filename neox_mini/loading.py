@@ -60,26 +60,44 @@ def load_folder(
             if not folder.exists()
             else f"{folder} is not a folder (expected config.json + weights)"
         )
-    inside_folder(folder / "config.json", folder)
-    config = NeoXConfig.from_hf(folder)
+    config = read_config(folder)
     if gelu is not None:
         config = config.replace(gelu=gelu)
-    dtype = to_torch_dtype(dtype)
 
     with torch.device("meta"):
         model = GPTNeoX(config)  # shapes only: no memory, no random initialisation
-    expected = {name: t.shape for name, t in model.state_dict().items()}
-    state, files = read_state_dict(folder, expected)
-
-    stored_dtype = state["gpt_neox.embed_in.weight"].dtype
-    target = dtype or stored_dtype
-    # .to() is a no-op (same storage, still memory-mapped) when dtype and device already match.
-    state = {name: t.to(device=device, dtype=target) for name, t in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_weights(model, folder, dtype=dtype, device=device, provenance=provenance)
     # The rotary tables are derived from the config, not loaded: build them on the target device
     # (they were created on the CPU along with the meta-device model).
     model.rotary = RotaryEmbedding(config, device=device)
-    model.eval()
+    return model.eval()
+
+
+def read_config(folder: Path) -> NeoXConfig:
+    """The folder's config.json (refused when it links outside the folder)."""
+    inside_folder(folder / "config.json", folder)
+    return NeoXConfig.from_hf(folder)
+
+
+def assign_weights(
+    model: GPTNeoX,
+    folder: Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str = "cpu",
+    provenance: dict | None = None,
+) -> GPTNeoX:
+    """Make a checkpoint folder's tensors the model's parameters: read and checked against the
+    model's names and shapes, cast to dtype (default: as stored), assigned without a copy when
+    nothing is cast (memory-mapped), and recorded in model.provenance. The sweeps call this once
+    per revision on the same model."""
+    expected = {name: t.shape for name, t in model.state_dict().items()}
+    state, files = read_state_dict(folder, expected)
+    stored_dtype = state["gpt_neox.embed_in.weight"].dtype
+    target = to_torch_dtype(dtype) or stored_dtype
+    # .to() is a no-op (same storage, still memory-mapped) when dtype and device already match.
+    state = {name: t.to(device=device, dtype=target) for name, t in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
     model.provenance = {
         "path": str(folder.resolve()),
         "files": {f: os.path.getsize(f) for f in files},

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from . import pythia
-from .checkpoint import find_weight_files, read_state_dict, to_torch_dtype
-from .config import NeoXConfig
+from .checkpoint import find_weight_files, to_torch_dtype
 from .errors import ResolveError
+from .generation import default_vocab_limit
 from .hub import is_offline, resolve
-from .loading import load_folder
+from .loading import assign_weights, load_folder, read_config
 from .model import GPTNeoX
 
 # ----------------------------------------------------------------------------- which revisions
@@ -149,25 +149,17 @@ class Swapper:
         self.device = device
         self.model = load_folder(first.folder, dtype=self.dtype, device=device, provenance=first.provenance)
         self.config = self.model.config
-        self.expected = {name: t.shape for name, t in self.model.state_dict().items()}
 
     def load(self, revision: Revision) -> GPTNeoX:
-        config = NeoXConfig.from_hf(revision.folder)
+        config = read_config(revision.folder)
         if config.replace(gelu=self.config.gelu) != self.config:
             raise ResolveError(
                 f"{revision.name} ({revision.folder}) has another architecture than the first "
                 f"revision of the sweep: {config} vs {self.config}"
             )
-        state, files = read_state_dict(revision.folder, self.expected)
-        target = self.dtype or state["gpt_neox.embed_in.weight"].dtype
-        state = {k: t.to(device=self.device, dtype=target) for k, t in state.items()}
-        self.model.load_state_dict(state, strict=True, assign=True)
-        self.model.provenance = {
-            "path": str(revision.folder.resolve()),
-            "files": {f: os.path.getsize(f) for f in files},
-            **revision.provenance,
-        }
-        return self.model
+        return assign_weights(
+            self.model, revision.folder, dtype=self.dtype, device=self.device, provenance=revision.provenance
+        )
 
 
 def each_revision(
@@ -278,7 +270,7 @@ def memorization(
     for r, (_, m) in enumerate(each_revision(located, dtype, device, progress)):
         for rows, logits in batched_logits(m, ids, batch_size):
             # Only the ids a tokenizer can produce are candidates, as in generate().
-            limit = min(m.config.vocab_size, pythia.TOKENIZER_VOCAB_SIZE)
+            limit = default_vocab_limit(m)
             guesses = logits[:, prefix - 1 : -1, :limit].argmax(-1).cpu()  # [b, continuation]
             correct[r, rows] = guesses == ids[rows, prefix:]
     matched = correct.long().cumprod(-1).sum(-1)  # [R, N]: leading matches

@@ -9,7 +9,6 @@ the loader itself.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -133,24 +132,3 @@ def hf_activations(model, input_ids: torch.Tensor, **kwargs) -> tuple[torch.Tens
     """(logits, activations named like neox_mini's return_hidden_states) of a transformers model:
     the parity tool's own capture (forward hooks on the modules named like ours)."""
     return transformers_activations(model, input_ids, **kwargs)
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def tree_digest(*roots: Path) -> dict[str, str]:
-    """Every file, link and folder under the roots -> a digest of its contents (or link target):
-    two equal digests mean nothing under the roots was added, removed or changed."""
-    out = {}
-    for root in roots:
-        root = Path(root)
-        if not root.exists():
-            continue
-        for p in sorted([root, *root.rglob("*")]):
-            if p.is_symlink():
-                out[str(p)] = "link:" + str(p.readlink())
-            elif p.is_dir():
-                out[str(p)] = "dir"
-            else:
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out

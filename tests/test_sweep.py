@@ -10,8 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from fake_hub import add_to_cache, folder_files
-from helpers import tree_digest
+from fake_hub import add_to_cache, folder_files, tree_state
 
 from neox_mini import NeoXConfig, ResolveError, RevisionError, Tokenizer, from_pretrained
 from neox_mini.generation import generate_batch
@@ -117,13 +116,13 @@ def test_a_local_folder_of_revisions_and_read_only_inputs(hub, tmp_path):
     runs = tmp_path / "runs"
     for revision in ("step0", "step3000"):
         shutil.copytree(sources[revision], runs / revision)
-    before = tree_digest(runs)
+    before = tree_state(runs)
     ids = sequences(2, 16)
     result = token_logprobs(runs, "all", ids)
     assert [r.name for r in result.revisions] == ["step0", "step3000"]
     expected = score_logprobs(from_pretrained(runs / "step3000"), ids[1])
     assert (result.values["logprobs"][1, 1] - expected).abs().max() <= 1e-6
-    assert tree_digest(runs) == before
+    assert tree_state(runs) == before
 
 
 def test_offline_skips_what_is_not_cached_and_says_so(offline):
