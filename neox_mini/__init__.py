@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from .errors import (
     CheckpointError,
     ConfigError,
+    DoesNotFitError,
     KnownIssueWarning,
     MissingTokenizerError,
     NeoxMiniError,
@@ -66,5 +67,6 @@ __all__ = [
     "MissingTokenizerError",
     "NonFiniteError",
     "ParityError",
+    "DoesNotFitError",
     "KnownIssueWarning",
 ]

@@ -8,6 +8,7 @@ inside the commands, so `--help`, `configs` and `revisions` start without torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .text_input import read_text_file, utf8_text
@@ -75,11 +76,12 @@ def model_from_args(args, default_dtype: str | None = "fp32"):
     (fp16 matmuls are slow there) and the stored dtype on a GPU; default_dtype None = stored."""
     import torch
 
-    from .loading import from_pretrained
+    from . import distributed
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or (default_dtype if torch.device(device).type == "cpu" else None)
-    return from_pretrained(args.model, revision=args.revision, dtype=dtype, device=device)
+    # Under torchrun, the model split over its ranks (tensor parallelism); else all of it here.
+    return distributed.load(args.model, revision=args.revision, dtype=dtype, device=device)
 
 
 def tokenizer_from_args(args, model):
@@ -897,22 +899,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: every rank runs this, rank 0 prints
+    if rank > 0 and args.command != "sweep":  # (sweep's ranks print their own progress)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     try:
         code = args.func(args)
         sys.stdout.flush()
+        end_distributed()
         return code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `neox-mini revisions | head`: the reader left, which is not an error
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush is silent
         return 0
     except Exception as e:  # one line, no traceback, unless --debug
         if args.debug:
             raise
-        print(f"neox-mini {args.command}: error: {e}", file=sys.stderr)
+        where = f" (rank {rank})" if rank > 0 else ""
+        print(f"neox-mini {args.command}: error{where}: {e}", file=sys.stderr)
         return 1
+
+
+def end_distributed() -> None:
+    """Leave the process group, if a command joined one (torch is imported by then)."""
+    if "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -45,5 +45,9 @@ class ParityError(NeoxMiniError, ValueError):
     """The parity check cannot run: a bad or mismatched reference file, a missing package, bad inputs."""
 
 
+class DoesNotFitError(NeoxMiniError, MemoryError):
+    """The weights would not fit the memory of the device(s): refused before anything is read."""
+
+
 class KnownIssueWarning(UserWarning):
     """The revision being loaded is on the known-issues list (neox_mini/known_issues.toml)."""

@@ -27,6 +27,7 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .model import GPTNeoX, KVCache, attention_allowed, rotate_half
@@ -77,14 +78,24 @@ def rotation_matrices(model: GPTNeoX, position_ids: torch.Tensor, dtype: torch.d
 
 
 def attention(
-    block_attn, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int
+    block_attn,
+    x: torch.Tensor,
+    M: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    start_pos: int,
+    sharded: bool = False,
 ) -> torch.Tensor:
-    """model.Attention.forward with the same weights and cache: [B, T, C] -> [B, T, C]."""
-    B, T, C = x.shape
+    """model.Attention.forward with the same weights and cache: [B, T, C] -> [B, T, C].
+
+    sharded: the weights are this rank's share (tensor parallelism): nh is this rank's heads, and
+    the result is this rank's partial sum of the output, without `dense`'s bias."""
+    B, T, _ = x.shape
     nh, hs = block_attn.num_heads, block_attn.head_size
     R = M.shape[-1]
     proj = block_attn.query_key_value
-    qkv = linear(x, proj.weight, proj.bias).view(B, T, nh, 3, hs)  # [B, T, nh, 3, hs]: per-head layout
+    qkv_weight, qkv_bias = (local(proj.weight), local(proj.bias)) if sharded else (proj.weight, proj.bias)
+    qkv = linear(x, qkv_weight, qkv_bias).view(B, T, nh, 3, hs)  # [B, T, nh, 3, hs]: per-head layout
     # Rotate the first R dims of q and k (both at once) in place: [B, T, 2nh, R] @ [B, T, R, R].
     qk = qkv[:, :, :, :2, :R]  # [B, T, nh, 2, R]
     qkv[:, :, :, :2, :R] = (qk.reshape(B, T, 2 * nh, R) @ M).view(B, T, nh, 2, R)
@@ -95,14 +106,28 @@ def attention(
         k, v = cache.update(start_pos, k, v)  # each [B, nh, S, hs]
     # One fused kernel: scores, mask, fp32-accumulated softmax, weighted sum of values.
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # [B, nh, T, hs]
-    y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
+    y = y.transpose(1, 2).reshape(B, T, nh * hs)  # [B, T, C] (this rank's C / N when sharded)
+    if sharded:
+        return linear(y, local(block_attn.dense.weight))  # [B, T, C], a partial sum
     return linear(y, block_attn.dense.weight, block_attn.dense.bias)  # [B, T, C]
 
 
-def mlp(block_mlp, x: torch.Tensor) -> torch.Tensor:
-    h = linear(x, block_mlp.dense_h_to_4h.weight, block_mlp.dense_h_to_4h.bias)  # [B, T, F]
+def mlp(block_mlp, x: torch.Tensor, sharded: bool = False) -> torch.Tensor:
+    """model.MLP.forward; sharded as for attention: this rank's partial sum, without the last bias."""
+    up, down = block_mlp.dense_h_to_4h, block_mlp.dense_4h_to_h
+    if sharded:
+        h = F.gelu(linear(x, local(up.weight), local(up.bias)), approximate=block_mlp.approximate)  # [B, T, F/N]
+        return linear(h, local(down.weight))  # [B, T, C], a partial sum
+    h = linear(x, up.weight, up.bias)  # [B, T, F]
     h = F.gelu(h, approximate=block_mlp.approximate)  # [B, T, F]
-    return linear(h, block_mlp.dense_4h_to_h.weight, block_mlp.dense_4h_to_h.bias)  # [B, T, C]
+    return linear(h, down.weight, down.bias)  # [B, T, C]
+
+
+def local(weight: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a tensor-parallel weight (a DTensor, see distributed.py), as a plain
+    tensor: DTensor dispatches each op in Python, ~1.5 ms per linear on a CPU, more than a small
+    model's whole product; the fast path does its few collectives itself."""
+    return weight.to_local() if hasattr(weight, "to_local") else weight
 
 
 def block_forward(
@@ -123,6 +148,49 @@ def block_forward(
     x = x + attn_out  # [B, T, C]
     h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
     return x + mlp(block.mlp, h)  # [B, T, C]
+
+
+def block_forward_sharded(
+    block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int, group
+) -> torch.Tensor:
+    """block_forward with this rank's share of the weights: attention and MLP each give a partial sum
+    of their output; all-reduced over the ranks, then the (replicated) biases are added once. With
+    the parallel residual both partial sums go into one all-reduce: the block's only collective."""
+    ln1, ln2 = block.input_layernorm, block.post_attention_layernorm
+    attn_bias, mlp_bias = local(block.attention.dense.bias), local(block.mlp.dense_4h_to_h.bias)
+    h = F.layer_norm(x, ln1.weight.shape, ln1.weight, ln1.bias, ln1.eps)  # [B, T, C]
+    attn_out = attention(block.attention, h, M, mask, is_causal, start_pos, sharded=True)  # [B, T, C], partial
+    if block.use_parallel_residual:
+        h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
+        partial = attn_out + mlp(block.mlp, h, sharded=True)  # [B, T, C]
+        dist.all_reduce(partial, group=group)
+        return x + partial + (attn_bias + mlp_bias)  # [B, T, C]
+    dist.all_reduce(attn_out, group=group)
+    x = x + attn_out + attn_bias  # [B, T, C]
+    h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
+    mlp_out = mlp(block.mlp, h, sharded=True)
+    dist.all_reduce(mlp_out, group=group)
+    return x + mlp_out + mlp_bias  # [B, T, C]
+
+
+def embed_sharded(weight: torch.Tensor, input_ids: torch.Tensor, group) -> torch.Tensor:
+    """Embedding rows split over the ranks by vocabulary: each rank looks up the ids it holds (zeros
+    for the others) and an all-reduce assembles the embeddings. [B, T] -> [B, T, C]."""
+    rows = weight.shape[0]  # V / N
+    ids = input_ids - dist.get_rank(group) * rows  # [B, T]
+    outside = (ids < 0) | (ids >= rows)  # [B, T]
+    x = F.embedding(ids.masked_fill(outside, 0), weight).masked_fill_(outside[..., None], 0)  # [B, T, C]
+    dist.all_reduce(x, group=group)
+    return x
+
+
+def logits_sharded(x: torch.Tensor, weight: torch.Tensor, group) -> torch.Tensor:
+    """The LM head split over the vocabulary: each rank's V/N logits, all-gathered so that every rank
+    has (and samples from) the same [B, T, V]."""
+    mine = linear(x, weight)  # [B, T, V/N]
+    pieces = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(pieces, mine, group=group)
+    return torch.cat(pieces, dim=-1)  # [B, T, V]
 
 
 def attention_mask_for_sdpa(
@@ -179,15 +247,24 @@ def forward(
     if position_ids is None:
         position_ids = torch.arange(start_pos, S, device=input_ids.device).expand(B, T)  # [B, T]
 
-    x = F.embedding(input_ids, model.gpt_neox.embed_in.weight)  # [B, T, C]
+    group = model.shard_group  # tensor parallelism (distributed.py); None: all weights are here
+    if group is None:
+        x = F.embedding(input_ids, model.gpt_neox.embed_in.weight)  # [B, T, C]
+    else:
+        x = embed_sharded(local(model.gpt_neox.embed_in.weight), input_ids, group)  # [B, T, C]
     M = rotation_matrices(model, position_ids, x.dtype)  # [B, T, R, R]
     # Whether the mask hides anything: read back from the device (a sync) unless the caller knows.
     has_padding = checked or attention_mask is None or not bool(attention_mask[:, :S].all())
     mask, is_causal = attention_mask_for_sdpa(start_pos, T, attention_mask, x.dtype, x.device, has_padding)
     for block in model.gpt_neox.layers:
-        x = block_forward(block, x, M, mask, is_causal, start_pos)  # [B, T, C]
+        if group is None:
+            x = block_forward(block, x, M, mask, is_causal, start_pos)  # [B, T, C]
+        else:
+            x = block_forward_sharded(block, x, M, mask, is_causal, start_pos, group)  # [B, T, C]
     if last_token_only:
         x = x[:, -1:, :]  # [B, 1, C]
     ln = model.gpt_neox.final_layer_norm
     x = F.layer_norm(x, ln.weight.shape, ln.weight, ln.bias, ln.eps)  # [B, T, C]
-    return linear(x, model.embed_out.weight)  # [B, T, V]
+    if group is None:
+        return linear(x, model.embed_out.weight)  # [B, T, V]
+    return logits_sharded(x, local(model.embed_out.weight), group)  # [B, T, V]

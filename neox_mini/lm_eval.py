@@ -27,6 +27,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from . import fast
 from .generation import generate_batch
 from .loading import from_pretrained
 from .tokenizer import EOS_ID, Tokenizer
@@ -94,7 +95,7 @@ class NeoXMiniLM(TemplateLM):
             inputs = [(requests[i][1] + requests[i][2])[-(self.max_length + 1) :][:-1] for i in chunk]
             width = max(len(x) for x in inputs)
             batch = torch.tensor([x + [0] * (width - len(x)) for x in inputs], device=self.device)  # right padding
-            logprobs = F.log_softmax(self.model(batch).float(), dim=-1)  # [b, width, V]
+            logprobs = F.log_softmax(fast.forward(self.model, batch).float(), dim=-1)  # [b, width, V]
             for row, i in enumerate(chunk):
                 request_str, _, continuation = requests[i]
                 n = len(inputs[row])

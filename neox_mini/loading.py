@@ -22,6 +22,7 @@ from .config import NeoXConfig
 from .errors import CheckpointError
 from .hub import resolve
 from .model import GPTNeoX, RotaryEmbedding
+from .plan import check_fits
 
 
 def from_pretrained(
@@ -95,6 +96,10 @@ def assign_weights(
     state, files = read_state_dict(folder, expected)
     stored_dtype = state["gpt_neox.embed_in.weight"].dtype
     target = to_torch_dtype(dtype) or stored_dtype
+    if target != stored_dtype or torch.device(device).type != "cpu":
+        # The weights will be copied (cast, or moved to a GPU): refuse now if they cannot fit, rather
+        # than be killed halfway. Uncast on the CPU they stay memory-mapped file pages.
+        check_fits(model.config, target, 1, str(torch.device(device)))
     # .to() is a no-op (same storage, still memory-mapped) when dtype and device already match.
     state = {name: t.to(device=device, dtype=target) for name, t in state.items()}
     model.load_state_dict(state, strict=True, assign=True)

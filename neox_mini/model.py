@@ -143,6 +143,8 @@ class KVCache(nn.Module):
 class Attention(nn.Module):
     def __init__(self, config: NeoXConfig):
         super().__init__()
+        # The heads this module computes: all of them, or this device's share when tensor
+        # parallelism (distributed.py) splits the heads over devices. Read from here, not the config.
         self.num_heads = config.num_heads
         self.head_size = config.head_size
         # One fused projection for q, k and v: C -> 3C, with bias.
@@ -183,7 +185,7 @@ class Attention(nn.Module):
         # Every query has at least its own key (see attention_allowed), so no row is all -inf.
         probs = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))  # [B, nh, T, S]
         z = self.hook_z((probs @ v).transpose(1, 2))  # [B, T, nh, hs]
-        return self.dense(z.reshape(B, T, C))  # [B, T, C]: heads side by side again
+        return self.dense(z.reshape(B, T, nh * hs))  # [B, T, C]: heads side by side again (nh * hs = C)
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -268,6 +270,10 @@ class GPTNeoX(nn.Module):
         self.hook_embed, self.hook_logits = HookPoint(), HookPoint()  # [B, T, C], [B, T, V]
         self.points = hooks_module.name_hook_points(self)  # TransformerLens name -> HookPoint
         self.active_hooks = 0  # hooks attached right now (by `with model.hooks(...)`)
+        # Tensor parallelism (distributed.py): how many ranks the weights are split over, and their
+        # process group, which the fast path's collectives use. 1 and None: every weight is here.
+        self.shards = 1
+        self.shard_group = None
 
     # -- KV cache, allocated explicitly --------------------------------------------------------
 
@@ -279,11 +285,11 @@ class GPTNeoX(nn.Module):
             raise ValueError(
                 f"max_seq_len {max_seq_len} exceeds the context length {cfg.max_position_embeddings} of this model"
             )
-        weight = self.embed_out.weight
+        dtype = dtype or self.gpt_neox.final_layer_norm.weight.dtype
+        device = self.gpt_neox.final_layer_norm.weight.device
         for block in self.gpt_neox.layers:
-            block.attention.kv_cache = KVCache(
-                batch_size, cfg.num_heads, max_seq_len, cfg.head_size, dtype or weight.dtype, weight.device
-            )
+            heads = block.attention.num_heads  # this device's heads (fewer under tensor parallelism)
+            block.attention.kv_cache = KVCache(batch_size, heads, max_seq_len, cfg.head_size, dtype, device)
 
     def clear_kv_cache(self) -> None:
         for block in self.gpt_neox.layers:

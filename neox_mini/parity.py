@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import to_torch_dtype
 from .config import NeoXConfig
 from .errors import ParityError
@@ -35,7 +35,6 @@ from .golden import (
     save_reference,
     summarize,
 )
-from .loading import from_pretrained
 from .model import hidden_state_names
 from .pythia import TOKENIZER_VOCAB_SIZE
 from .tokenizer import Tokenizer
@@ -515,7 +514,7 @@ def run_parity(
     if save_reference_to is not None:  # and where the output goes, before the work
         check_output_file(Path(save_reference_to))
 
-    net = from_pretrained(model, revision=revision, dtype=dtype, gelu=gelu, device=device)
+    net = distributed.load(model, revision=revision, dtype=dtype, gelu=gelu, device=device)  # split under torchrun
     our_dtype = str(net.embed_out.weight.dtype).removeprefix("torch.")
     tolerance = TOLERANCES[our_dtype]
     folder = Path((net.provenance or {}).get("path") or model)

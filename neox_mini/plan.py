@@ -11,7 +11,8 @@ a set of whole heads):
     dense_h_to_4h    [F, C] + bias [F]     column-parallel: rows / N
     dense_4h_to_h    [C, F]                row-parallel: columns / N;     bias replicated
     embed_out        [V, C]                column-parallel over the vocabulary: rows / N
-    embed_in [V, C], layer norms           replicated
+    embed_in         [V, C]                row-parallel over the vocabulary: rows / N
+    layer norms                            replicated
 
 The rest are stated estimates:
 
@@ -32,6 +33,7 @@ import torch
 
 from .checkpoint import to_torch_dtype
 from .config import NeoXConfig
+from .errors import DoesNotFitError
 from .model import GPTNeoX
 
 # How tensor parallelism splits each parameter: the dim divided by N (None: replicated).
@@ -43,6 +45,7 @@ SPLIT_DIM = {
     "mlp.dense_h_to_4h.bias": 0,
     "mlp.dense_4h_to_h.weight": 1,
     "embed_out.weight": 0,
+    "embed_in.weight": 0,
 }
 
 
@@ -109,3 +112,19 @@ def available_memory(device: str = "cpu") -> int:
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return free
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(config: NeoXConfig, dtype: torch.dtype, devices: int, device: str, ranks_here: int = 1) -> None:
+    """Refuse, with plan's numbers, weights that would not fit, before anything is read: each
+    device's share of the weights x the ranks sharing this device's memory (on the CPU, every rank
+    on this machine; on a GPU, one) against the memory it has. Also refuses a `devices` that does
+    not divide the heads (plan's ValueError names the valid ones)."""
+    p = plan(config, dtype, devices=devices, context=1, batch=1)
+    need, have = p.weights * ranks_here, available_memory(device)
+    if need > have:
+        gib = 2**30
+        raise DoesNotFitError(
+            f"the weights need {p.weights / gib:.2f} GiB per rank x {ranks_here} rank(s) on this {device} = "
+            f"{need / gib:.2f} GiB, but it has {have / gib:.2f} GiB: use more devices (neox-mini plan "
+            f"--devices N) or a smaller dtype"
+        )

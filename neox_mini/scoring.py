@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import fast
 from .errors import NonFiniteError
 from .model import GPTNeoX
 from .tokenizer import BOS_ID, Tokenizer
@@ -81,7 +82,7 @@ def window_logprobs(model: GPTNeoX, ids: torch.Tensor, first_target: int) -> tor
     Only the rows that are scored go through log_softmax, in fp32 (a 2048 x 50304 fp32 block is
     400 MB; the context-only rows are skipped).
     """
-    logits = model(ids[None])[0]  # [T, V]
+    logits = fast.forward(model, ids[None])[0]  # [T, V]
     predicting = logits[first_target - 1 : -1].float()  # [n, V]: row t predicts token t + 1
     targets = ids[first_target:]  # [n]
     return F.log_softmax(predicting, dim=-1).gather(-1, targets[:, None])[:, 0]  # [n]

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import pythia
+from . import fast, pythia
 from .checkpoint import find_weight_files, to_torch_dtype
 from .errors import ResolveError
 from .generation import default_vocab_limit
@@ -204,7 +204,7 @@ def batched_logits(model: GPTNeoX, ids: torch.Tensor, batch_size: int) -> Iterat
     device = model.embed_out.weight.device
     for start in range(0, ids.shape[0], batch_size):
         rows = slice(start, start + batch_size)
-        yield rows, model(ids[rows].to(device)).float()
+        yield rows, fast.forward(model, ids[rows].to(device)).float()
 
 
 @dataclass

@@ -30,6 +30,10 @@ of --runs runs with min-max, and the ratio neox / transformers:
             process: neox_mini's sweep (one model, weights swapped in place), a naive loop of
             from_pretrained + scoring, and transformers' from_pretrained(revision=...) loop.
             Seconds per revision (the forward of 16 tokens is a few ms of it) and peak RSS.
+  tp        tensor parallelism (neox_mini against itself): one process with --threads threads vs
+            `torchrun --nproc-per-node 2` with one thread per rank, same checkpoint (sharded
+            safetensors): each process's peak RSS (VmHWM), how much of it is file pages (the
+            memory-mapped weights) and the weight bytes it read, and decode tok/s.
   eval      lm-evaluation-harness on neox_mini.lm_eval.example_tasks (one task per request type)
             with the neox_mini model vs lm-eval's own `--model hf`, on a random 70m-shape
             checkpoint: seconds of simple_evaluate (task loading included) and peak RSS, each run
@@ -47,6 +51,7 @@ barriers wait for descheduled threads and everything gets several times slower).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -514,6 +519,66 @@ def bench_rss(folder: Path, dtype: str, runs: int, threads: int) -> dict:
     }
 
 
+TP_RUN = """
+import sys, time, torch
+from neox_mini import distributed
+from neox_mini.generation import generate
+torch.set_num_threads(int(sys.argv[2]))
+model = distributed.load(sys.argv[1])
+read = model.provenance.get("tensor_parallel", {}).get("bytes_read", sum(model.provenance["files"].values()))
+ids = torch.randint(0, 50000, (1, 16), generator=torch.Generator().manual_seed(0))
+generate(model, ids, 8)
+start = time.perf_counter()
+generate(model, ids, 64)
+tok_s = 64 / (time.perf_counter() - start)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+kib = {k: int(status[k].split()[0]) for k in ("VmHWM", "RssAnon", "RssFile")}
+row = dict(hwm=kib["VmHWM"], anon=kib["RssAnon"], file=kib["RssFile"], read=read, tok_s=tok_s)
+open(f"{sys.argv[3]}.{distributed.rank()}", "w").write(repr(row))  # ranks' stdout lines interleave
+"""
+
+
+def bench_tp(folder: Path, runs: int, threads: int, cache: Path) -> dict:
+    """Peak RSS per process, file pages, bytes read and decode tok/s: 1 process vs 2 ranks."""
+    script = cache / "tp_run.py"
+    script.write_text(TP_RUN)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+    out = cache / "tp_out"
+
+    def run(command, ranks):
+        def measure():
+            subprocess.run([*command, str(out)], capture_output=True, check=True)
+            return [ast.literal_eval(Path(f"{out}.{r}").read_text()) for r in range(ranks)]
+
+        return measure
+
+    values = alternate(
+        {
+            "neox": run([sys.executable, str(script), str(folder), str(threads)], 1),
+            "tp": run([*torchrun, str(script), str(folder), "1"], 2),
+        },
+        runs,
+        warmup=False,
+    )
+    single = [rows[0] for rows in values["neox"]]
+    ranks = [max(rows, key=lambda r: r["hwm"]) for rows in values["tp"]]  # the rank with the higher peak
+    mib = 1 / 1024
+
+    def stat(rows, key, scale=1.0):
+        return summary([r[key] * scale for r in rows])
+
+    return {
+        # "neox" / "hf" columns of the table: 2-rank peak RSS per rank vs one process (MiB)
+        "neox": stat(ranks, "hwm", mib),
+        "hf": stat(single, "hwm", mib),
+        "file_mib": {"single": stat(single, "file", mib), "rank": stat(ranks, "file", mib)},
+        "anon_mib": {"single": stat(single, "anon", mib), "rank": stat(ranks, "anon", mib)},
+        "read_bytes": {"single": single[0]["read"], "rank": ranks[0]["read"]},
+        "tok_s": {"single": stat(single, "tok_s"), "rank": stat(ranks, "tok_s")},
+    }
+
+
 def neox_cli() -> list[str]:
     """The installed `neox-mini` command (the console script), else `python -m neox_mini`."""
     exe = Path(sys.executable).parent / "neox-mini"
@@ -591,8 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep", "eval"],
-        default=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep", "eval"],
+        choices=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"],
+        default=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"],
     )
     p.add_argument("--runs", type=int, help="measured runs per number (default 5, --quick 3; at least 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -769,6 +834,28 @@ def main(argv: list[str] | None = None) -> int:
             f"transformers {r['rss_mib']['hf']:.0f})",
             3,
             "<= 0.15 s",
+        )
+    if "tp" in a.only:
+        from neox_mini import NeoXConfig
+        from neox_mini.synthetic import write_random_checkpoint
+
+        config = NeoXConfig.from_pythia("160m")
+        folder = a.cache / "160m-fp32-sharded"
+        if not (folder / "config.json").is_file():
+            write_random_checkpoint(folder, config, max_shard_bytes=200_000_000)
+        r = bench_tp(folder, runs, a.threads, a.cache)
+        record(
+            "tp",
+            "160m",
+            "fp32",
+            {"ranks": 2},
+            r,
+            f"160m fp32 peak RSS MiB per rank, 2 ranks vs 1 process (file pages {r['file_mib']['rank']['median']:.0f}"
+            f" vs {r['file_mib']['single']['median']:.0f}; weight bytes read {r['read_bytes']['rank']:,.0f} vs "
+            f"{r['read_bytes']['single']:,.0f}; decode tok/s {r['tok_s']['rank']['median']:.1f} vs "
+            f"{r['tok_s']['single']['median']:.1f})",
+            0,
+            "<= 0.6x",
         )
     if "eval" in a.only:
         r = bench_eval(checkpoint(a.cache, "70m", "fp32"), a.cache, runs, a.threads)

@@ -23,8 +23,8 @@ def test_weights_are_exactly_the_tensor_bytes(name, dtype):
 def test_tensor_parallel_split_and_the_kv_cache_formula():
     config = NeoXConfig.from_pythia("160m")
     C, F, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_layers
-    replicated = V * C + L * (4 * C + 2 * C) + 2 * C  # embed_in; per layer 2 norms, 2 row-parallel biases; final norm
-    split = L * (3 * C * C + 3 * C + C * C + F * C + F + C * F) + V * C
+    replicated = L * (4 * C + 2 * C) + 2 * C  # per layer 2 norms, 2 row-parallel biases; final norm
+    split = L * (3 * C * C + 3 * C + C * C + F * C + F + C * F) + 2 * V * C  # and embed_in, embed_out
     assert replicated + split == config.num_params()
     p = plan(config, "bf16", devices=2, context=1024, batch=4)
     assert p.weights == (replicated + split // 2) * 2
