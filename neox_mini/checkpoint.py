@@ -191,11 +191,14 @@ def iter_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def read_state_dict(folder: Path, expected: dict[str, torch.Size]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def read_state_dict(
+    folder: Path, expected: dict[str, torch.Size], int8: frozenset[str] = frozenset()
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Read every tensor of the checkpoint, check names, shapes and dtypes against `expected` (and
-    the shard index, when there is one), and return (state dict, files read). All problems are
-    collected and raised together in one error; a tensor stored twice is one of them, never a
-    silent "the last file wins"."""
+    the shard index, when there is one), and return (state dict, files read). The tensors named in
+    `int8` must be int8 (a quantized checkpoint's weights, quantize.py), all others floating point.
+    All problems are collected and raised together in one error; a tensor stored twice is one of
+    them, never a silent "the last file wins"."""
     kind, files, weight_map = find_weight_files(folder)
     reader = iter_safetensors if kind == "safetensors" else iter_bin
     state: dict[str, torch.Tensor] = {}
@@ -220,8 +223,10 @@ def read_state_dict(folder: Path, expected: dict[str, torch.Size]) -> tuple[dict
                     f"{name}: checkpoint has {list(tensor.shape)}, "
                     f"the config needs {list(expected[name])} (in {path.name})"
                 )
-            elif tensor.dtype not in WEIGHT_DTYPES:
-                wrong_dtype.append(f"{name} is {str(tensor.dtype).removeprefix('torch.')} (in {path.name})")
+            elif (tensor.dtype != torch.int8) if name in int8 else (tensor.dtype not in WEIGHT_DTYPES):
+                want = "int8" if name in int8 else "floating point"
+                got = str(tensor.dtype).removeprefix("torch.")
+                wrong_dtype.append(f"{name} is {got}, not {want} (in {path.name})")
             else:
                 state[name] = tensor
     missing = sorted(set(expected) - set(found_in))
@@ -237,7 +242,9 @@ def read_state_dict(folder: Path, expected: dict[str, torch.Size]) -> tuple[dict
     if misshaped:
         problems.append("wrong shape: " + "; ".join(misshaped))
     if wrong_dtype:
-        problems.append("not floating point (weights are float32, float16 or bfloat16): " + "; ".join(wrong_dtype))
+        problems.append(
+            "wrong dtype (weights are float32, float16 or bfloat16; int8 quantized): " + "; ".join(wrong_dtype)
+        )
     if problems:
         raise CheckpointError(f"checkpoint {folder} does not match its config.json: " + " | ".join(problems))
     return state, [str(p) for p in files]
@@ -260,7 +267,14 @@ def stored_dtypes(files: list[str | Path]) -> dict[str, int]:
     return dict(counts)
 
 
-SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64"}
+SAFETENSORS_DTYPES = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I64": "int64",
+    "I8": "int8",
+}
 
 
 # ----------------------------------------------------------------------------- writing checkpoints
@@ -277,7 +291,11 @@ def save_checkpoint(
     if weights not in ("safetensors", "bin"):
         raise ValueError(f"weights must be 'safetensors' or 'bin', not {weights!r}")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    hf_config = model.config.to_hf(dtype=str(state["embed_out.weight"].dtype).removeprefix("torch."))
+    hf_config = model.config.to_hf(dtype=str(state["gpt_neox.embed_in.weight"].dtype).removeprefix("torch."))
+    if getattr(model, "quantization", None):
+        from .quantize import QUANTIZATION_CONFIG
+
+        hf_config["quantization_config"] = QUANTIZATION_CONFIG
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
 
     base = "model.safetensors" if weights == "safetensors" else "pytorch_model.bin"

@@ -49,6 +49,15 @@ def add_model_options(
         )
 
 
+def add_quantize_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="weight-only int8 after loading (per-row scales; see docs/performance.md for its accuracy); "
+        "`neox-mini quantize` saves it once",
+    )
+
+
 def add_command(sub, name: str, func, **parser_options) -> argparse.ArgumentParser:
     """The subcommand `name`, run by func(args); it accepts --debug after its name, and its examples
     (the epilog) print as written."""
@@ -81,7 +90,12 @@ def model_from_args(args, default_dtype: str | None = "fp32"):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or (default_dtype if torch.device(device).type == "cpu" else None)
     # Under torchrun, the model split over its ranks (tensor parallelism); else all of it here.
-    return distributed.load(args.model, revision=args.revision, dtype=dtype, device=device)
+    model = distributed.load(args.model, revision=args.revision, dtype=dtype, device=device)
+    if getattr(args, "quantize", None):
+        if model.shards > 1:
+            raise ValueError("--quantize with tensor parallelism is not supported: use one or the other")
+        model.quantize(args.quantize)
+    return model
 
 
 def tokenizer_from_args(args, model):
@@ -117,6 +131,7 @@ def add_generate_parser(sub) -> None:
     )
     p.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from stdin)")
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
+    add_quantize_option(p)
     p.add_argument(
         "-n",
         "--max-new-tokens",
@@ -236,6 +251,7 @@ def add_score_parser(sub) -> None:
     )
     p.add_argument("file", metavar="FILE", help="a UTF-8 text file")
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
+    add_quantize_option(p)
     p.add_argument("--window", type=positive_int, help="tokens per forward pass (default: the context length)")
     p.add_argument("--stride", type=positive_int, help="tokens the window advances by (default: half the window)")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
@@ -311,8 +327,8 @@ def cmd_info(args) -> int:
     for field in dataclasses.fields(cfg):
         print(f"  {field.name:<24} {getattr(cfg, field.name)}")
 
-    total = sum(p.numel() for p in model.parameters())
-    embedding = model.gpt_neox.embed_in.weight.numel() + model.embed_out.weight.numel()
+    total = cfg.num_params()  # counted from the config: int8 weights (quantize.py) are buffers
+    embedding = 2 * cfg.vocab_size * cfg.hidden_size  # embed_in and the untied embed_out
     print("parameters")
     print(f"  total                    {total:,}")
     print(f"  non-embedding            {total - embedding:,}  (without embed_in and the untied embed_out)")
@@ -872,6 +888,52 @@ def cmd_plan(args) -> int:
     return 0 if fits else 1
 
 
+QUANTIZE_EXAMPLES = """\
+examples:
+  neox-mini quantize --model EleutherAI/pythia-410m --out ~/models/pythia-410m-int8
+  neox-mini generate --model ~/models/pythia-410m-int8 "The capital of France is"
+"""
+
+
+def add_quantize_parser(sub) -> None:
+    p = add_command(
+        sub,
+        "quantize",
+        cmd_quantize,
+        help="save a weight-only int8 copy of a model",
+        description="Quantize every linear layer's weights to int8 (one scale per output row) and save the "
+        "model as a checkpoint folder (config.json, model.safetensors, and tokenizer.json when the source "
+        "has one) that loads like any other.",
+        epilog=QUANTIZE_EXAMPLES,
+    )
+    add_model_options(
+        p, "dtype of the scales and the float weights (default: as stored)", model_default=None, tokenizer=False
+    )
+    p.add_argument("--out", required=True, help="folder to write (must not exist, or be empty)")
+
+
+def cmd_quantize(args) -> int:
+    import shutil
+    from pathlib import Path
+
+    from .checkpoint import save_checkpoint
+
+    if not args.model:
+        raise ValueError("--model is required")
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder: nothing was written")
+    model = model_from_args(args, default_dtype=None).quantize("int8")
+    written = save_checkpoint(model, out)
+    source = Path(model.provenance["path"]) / "tokenizer.json"
+    if source.is_file():
+        shutil.copyfile(source, out / "tokenizer.json")
+        written.append(out / "tokenizer.json")
+    for f in written:
+        print(f"wrote {f} ({f.stat().st_size:,} bytes)")
+    return 0
+
+
 SUBCOMMANDS = [
     add_generate_parser,
     add_score_parser,
@@ -884,6 +946,7 @@ SUBCOMMANDS = [
     add_sweep_parser,
     add_eval_parser,
     add_plan_parser,
+    add_quantize_parser,
 ]
 
 

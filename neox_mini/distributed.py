@@ -39,8 +39,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import find_weight_files, iter_bin, read_state_dict, to_torch_dtype
+from .errors import ConfigError
 from .hub import resolve
-from .loading import read_config
+from .loading import read_config, read_quantization
 from .model import GPTNeoX, RotaryEmbedding
 from .plan import check_fits, split_dim
 
@@ -135,6 +136,8 @@ def load_folder(
 
     folder = Path(path)
     config = read_config(folder)
+    if read_quantization(folder):
+        raise ConfigError(f"{folder} holds int8 weights: tensor parallelism splits float checkpoints only")
     if gelu is not None:
         config = config.replace(gelu=gelu)
     n, r = mesh.size(), mesh.get_local_rank()

@@ -13,9 +13,9 @@ this:
 
 Where the time goes on a CPU, and what this file changes (measurements: docs/performance.md):
   * Decoding multiplies every weight matrix by a single vector, so a decode step is bound by memory
-    bandwidth. F.linear with one input row is slow on CPU (one thread does most of the work); the
-    same product written as a batched product over row blocks of the weight (`linear` below) keeps
-    every core streaming. This matters most for the 50304 x C LM head.
+    bandwidth, and which formulation of that product streams fastest depends on the CPU and dtype:
+    `linear` (matvec.py) measures the candidates once per shape on this machine and keeps the best.
+    This matters most for the 50304 x C LM head.
   * A small model spends a decode step dispatching tiny ops rather than computing. The readable
     attention is ~40 ops per layer; here it is ~15: rotary is one small matmul with a rotation
     matrix built once per forward call (not per layer), attention is one
@@ -30,35 +30,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .matvec import linear
 from .model import GPTNeoX, KVCache, attention_allowed, rotate_half
-
-# A matrix-vector product (at most MATVEC_MAX_ROWS input rows) with a weight of at least
-# MATVEC_MIN_WEIGHT elements is computed as a batched product over MATVEC_SPLIT row blocks of the
-# weight, when the output size divides evenly. Smaller weights stay in cache, where F.linear (one op
-# instead of several) is faster. Chosen by measurement: see docs/performance.md.
-MATVEC_MAX_ROWS = 8
-MATVEC_MIN_WEIGHT = 2**18
-MATVEC_SPLIT = 8
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) ([..., I] -> [..., O]), faster when x has only a few rows.
-
-    The weight [O, I] is viewed (no copy) as k blocks of O/k rows, [k, O/k, I], and multiplied by x
-    in one batched product: each block is an independent matrix-vector product that a core can
-    stream on its own. Every output is still one dot product of a weight row with x.
-    """
-    rows, O = x.numel() // x.shape[-1], weight.shape[0]
-    k = MATVEC_SPLIT
-    if rows > MATVEC_MAX_ROWS or weight.numel() < MATVEC_MIN_WEIGHT or O % k:
-        return F.linear(x, weight, bias)
-    w = weight.view(k, O // k, weight.shape[1])  # [k, O/k, I]
-    xt = x.reshape(1, rows, x.shape[-1]).transpose(1, 2).expand(k, -1, -1)  # [k, I, rows]
-    if bias is None:
-        y = torch.bmm(w, xt)  # [k, O/k, rows]
-    else:
-        y = torch.baddbmm(bias.view(k, O // k, 1), w, xt)  # [k, O/k, rows]
-    return y.permute(2, 0, 1).reshape(*x.shape[:-1], O)  # [..., O]: blocks side by side again
+from .quantize import Int8Linear
 
 
 def rotation_matrices(model: GPTNeoX, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -94,8 +68,9 @@ def attention(
     nh, hs = block_attn.num_heads, block_attn.head_size
     R = M.shape[-1]
     proj = block_attn.query_key_value
-    qkv_weight, qkv_bias = (local(proj.weight), local(proj.bias)) if sharded else (proj.weight, proj.bias)
-    qkv = linear(x, qkv_weight, qkv_bias).view(B, T, nh, 3, hs)  # [B, T, nh, 3, hs]: per-head layout
+    qkv = (linear(x, local(proj.weight), local(proj.bias)) if sharded else project(proj, x)).view(
+        B, T, nh, 3, hs
+    )  # [B, T, nh, 3, hs]: per-head layout
     # Rotate the first R dims of q and k (both at once) in place: [B, T, 2nh, R] @ [B, T, R, R].
     qk = qkv[:, :, :, :2, :R]  # [B, T, nh, 2, R]
     qkv[:, :, :, :2, :R] = (qk.reshape(B, T, 2 * nh, R) @ M).view(B, T, nh, 2, R)
@@ -109,7 +84,7 @@ def attention(
     y = y.transpose(1, 2).reshape(B, T, nh * hs)  # [B, T, C] (this rank's C / N when sharded)
     if sharded:
         return linear(y, local(block_attn.dense.weight))  # [B, T, C], a partial sum
-    return linear(y, block_attn.dense.weight, block_attn.dense.bias)  # [B, T, C]
+    return project(block_attn.dense, y)  # [B, T, C]
 
 
 def mlp(block_mlp, x: torch.Tensor, sharded: bool = False) -> torch.Tensor:
@@ -118,9 +93,17 @@ def mlp(block_mlp, x: torch.Tensor, sharded: bool = False) -> torch.Tensor:
     if sharded:
         h = F.gelu(linear(x, local(up.weight), local(up.bias)), approximate=block_mlp.approximate)  # [B, T, F/N]
         return linear(h, local(down.weight))  # [B, T, C], a partial sum
-    h = linear(x, up.weight, up.bias)  # [B, T, F]
+    h = project(up, x)  # [B, T, F]
     h = F.gelu(h, approximate=block_mlp.approximate)  # [B, T, F]
-    return linear(h, down.weight, down.bias)  # [B, T, C]
+    return project(down, h)  # [B, T, C]
+
+
+def project(layer, x: torch.Tensor) -> torch.Tensor:
+    """A layer's product, [..., I] -> [..., O]: an nn.Linear through matvec.linear, an int8 layer
+    (quantize.py) through its own forward."""
+    if isinstance(layer, Int8Linear):
+        return layer(x)
+    return linear(x, layer.weight, layer.bias)
 
 
 def local(weight: torch.Tensor) -> torch.Tensor:
@@ -266,5 +249,5 @@ def forward(
     ln = model.gpt_neox.final_layer_norm
     x = F.layer_norm(x, ln.weight.shape, ln.weight, ln.bias, ln.eps)  # [B, T, C]
     if group is None:
-        return linear(x, model.embed_out.weight)  # [B, T, V]
+        return project(model.embed_out, x)  # [B, T, V]
     return logits_sharded(x, local(model.embed_out.weight), group)  # [B, T, V]

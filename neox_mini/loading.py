@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint import inside_folder, read_state_dict, to_torch_dtype
 from .config import NeoXConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .hub import resolve
 from .model import GPTNeoX, RotaryEmbedding
 from .plan import check_fits
@@ -67,6 +67,8 @@ def load_folder(
 
     with torch.device("meta"):
         model = GPTNeoX(config)  # shapes only: no memory, no random initialisation
+        if read_quantization(folder):
+            model.quantize(read_quantization(folder))  # int8 layers, still without values
     assign_weights(model, folder, dtype=dtype, device=device, provenance=provenance)
     # The rotary tables are derived from the config, not loaded: build them on the target device
     # (they were created on the CPU along with the meta-device model).
@@ -78,6 +80,26 @@ def read_config(folder: Path) -> NeoXConfig:
     """The folder's config.json (refused when it links outside the folder)."""
     inside_folder(folder / "config.json", folder)
     return NeoXConfig.from_hf(folder)
+
+
+def read_quantization(folder: Path) -> str | None:
+    """ "int8" for a checkpoint written by `neox-mini quantize`, None for a float one; any other
+    `quantization_config` (GPTQ, bitsandbytes, ...) is refused, naming it."""
+    import json
+
+    from .quantize import QUANTIZATION_CONFIG
+
+    with open(folder / "config.json", encoding="utf-8") as f:
+        found = json.load(f).get("quantization_config")
+    if found is None:
+        return None
+    if isinstance(found, dict) and found.get("quant_method") == QUANTIZATION_CONFIG["quant_method"]:
+        if found.get("bits") == 8:
+            return "int8"
+    raise ConfigError(
+        f"{folder / 'config.json'}: unsupported quantization_config {json.dumps(found)[:200]}: neox_mini reads "
+        f"float checkpoints and the int8 ones `neox-mini quantize` writes"
+    )
 
 
 def assign_weights(
@@ -93,7 +115,8 @@ def assign_weights(
     nothing is cast (memory-mapped), and recorded in model.provenance. The sweeps call this once
     per revision on the same model."""
     expected = {name: t.shape for name, t in model.state_dict().items()}
-    state, files = read_state_dict(folder, expected)
+    int8 = frozenset(name for name, t in model.state_dict().items() if t.dtype == torch.int8)
+    state, files = read_state_dict(folder, expected, int8)
     stored_dtype = state["gpt_neox.embed_in.weight"].dtype
     target = to_torch_dtype(dtype) or stored_dtype
     if target != stored_dtype or torch.device(device).type != "cpu":
@@ -101,13 +124,15 @@ def assign_weights(
         # than be killed halfway. Uncast on the CPU they stay memory-mapped file pages.
         check_fits(model.config, target, 1, str(torch.device(device)))
     # .to() is a no-op (same storage, still memory-mapped) when dtype and device already match.
-    state = {name: t.to(device=device, dtype=target) for name, t in state.items()}
+    # int8 weights stay int8 (their scales take the model's dtype).
+    state = {name: t.to(device=device, dtype=target if name not in int8 else t.dtype) for name, t in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.provenance = {
         "path": str(folder.resolve()),
         "files": {f: os.path.getsize(f) for f in files},
         "stored_dtype": str(stored_dtype).removeprefix("torch."),
         "dtype": str(target).removeprefix("torch."),
+        **({"quantization": model.quantization} if model.quantization else {}),
         **(provenance or {}),
     }
     return model

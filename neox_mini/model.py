@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import hooks as hooks_module
+from . import quantize as quantize_module
 from .config import NeoXConfig
 from .hooks import HookPoint
 
@@ -274,6 +275,7 @@ class GPTNeoX(nn.Module):
         # process group, which the fast path's collectives use. 1 and None: every weight is here.
         self.shards = 1
         self.shard_group = None
+        self.quantization: str | None = None  # "int8" once quantize() has run
 
     # -- KV cache, allocated explicitly --------------------------------------------------------
 
@@ -365,6 +367,14 @@ class GPTNeoX(nn.Module):
         hidden_states["gpt_neox.final_layer_norm"] = x
         logits = self.hook_logits(self.embed_out(x))  # [B, T, V]
         return (logits, hidden_states) if return_hidden_states else logits
+
+    # -- weight-only int8 (quantize.py) ----------------------------------------------------------
+
+    def quantize(self, method: str = "int8") -> GPTNeoX:
+        """Store every nn.Linear's weight as int8 with one scale per output row (quantize.py), in
+        place; returns the model. The forward is unchanged: Int8Linear computes what nn.Linear did,
+        up to the rounding of the weights."""
+        return quantize_module.quantize_model(self, method)
 
     # -- hooks: reading and changing activations (hooks.py) -------------------------------------
 

@@ -18,7 +18,8 @@ of --runs runs with min-max, and the ratio neox / transformers:
   rss       peak resident memory (VmHWM) of a fresh process that loads the model and generates
             8 tokens (every weight used), next to the peak of a process that only imports torch
             and the budget RSS(import torch) + 1.05 x weight bytes.
-  matvec    GB/s of the 50304 x C LM-head product for one token: F.linear vs fast.linear.
+  matvec    GB/s of the 50304 x C LM-head product for one token: matvec.linear (the method chosen
+            on this machine) vs F.linear, with every candidate and a plain copy (read + write).
   cache     one forward over 512 / 2048 tokens that keeps activations: run_with_cache with every
             hook point vs transformers' output_hidden_states + output_attentions (eager), and
             run_with_cache of the blocks' hook_resid_post only vs output_hidden_states; seconds
@@ -429,27 +430,36 @@ def bench_eval(folder: Path, cache: Path, runs: int, threads: int) -> dict:
 
 
 def bench_matvec(C: int, dtype: str, runs: int) -> dict:
-    """GB/s of the LM-head product for one token: F.linear vs fast.linear (a batched product)."""
+    """GB/s of the LM-head product for one token: matvec.linear (the method this machine chose) vs
+    F.linear, with every candidate method and a plain copy of the same bytes (the bandwidth bound)."""
     import torch.nn.functional as F
 
-    from neox_mini import fast
+    from neox_mini import matvec
 
     W = torch.randn(50304, C).to(TORCH_DTYPES[dtype])
     x = torch.randn(1, 1, C).to(W.dtype)
     nbytes = W.numel() * W.element_size()
+    copy_to = torch.empty_like(W)
 
-    def rate(fn):
+    def rate(fn, moved=nbytes):
         def run():
             with torch.inference_mode():
                 fn()  # warm
                 reps = 20
                 t = timed(lambda: [fn() for _ in range(reps)])
-            return nbytes * reps / t / 1e9
+            return moved * reps / t / 1e9
 
         return run
 
-    values = alternate({"neox": rate(lambda: fast.linear(x, W)), "hf": rate(lambda: F.linear(x, W))}, runs)
-    return {"neox": summary(values["neox"]), "hf": summary(values["hf"])}
+    with torch.inference_mode():
+        matvec.linear(x, W)  # makes (or reads) this machine's choice
+    chosen = matvec.load_choices()[matvec.choice_key(W, 1)]
+    fns = {"neox": rate(lambda: matvec.linear(x, W)), "hf": rate(lambda: F.linear(x, W))}
+    for name in matvec.candidates(1, W.shape[0]):
+        fns[name] = rate(lambda name=name: matvec.METHODS[name](x, W, None))
+    fns["copy"] = rate(lambda: copy_to.copy_(W), 2 * nbytes)  # read + write
+    values = alternate(fns, runs)
+    return {"chosen": chosen, **{k: summary(v) for k, v in values.items()}}
 
 
 # ----------------------------------------------------------------------------- fresh-process benches
@@ -628,9 +638,13 @@ def environment(threads: int) -> dict:
     import tokenizers
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpuinfo = open("/proc/cpuinfo").read().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8")
     return {
         "cpu": cpu,
+        "cpu_flags": [f for f in wanted if f in flags],
         "cores": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": threads,
@@ -687,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = environment(a.threads)
     print(
-        f"# {env['cpu']}, {env['cores']} cores ({env['cpu_capability']}), {a.threads} threads; torch {env['torch']}, "
+        f"# {env['cpu']}, {env['cores']} cores ({env['cpu_capability']}; {' '.join(env['cpu_flags'])}), "
+        f"{a.threads} threads; torch {env['torch']}, "
         f"transformers {env['transformers']}; {runs} runs; load average {load_avg()}",
         flush=True,
     )
@@ -713,8 +728,15 @@ def main(argv: list[str] | None = None) -> int:
             for size, C in (("14m", 128), ("70m", 512), ("160m", 768)):
                 if size in a.sizes:
                     r = bench_matvec(C, dtype, runs)
+                    others = ", ".join(f"{k} {r[k]['median']:.1f}" for k in r if k not in ("chosen", "neox", "hf"))
                     record(
-                        "matvec", size, dtype, {}, r, f"{size} {dtype} LM-head matvec GB/s (fast.linear vs F.linear)", 1
+                        "matvec",
+                        size,
+                        dtype,
+                        {},
+                        r,
+                        f"{size} {dtype} LM-head matvec GB/s (chosen: {r['chosen']} vs F.linear; {others})",
+                        1,
                     )
         for size in a.sizes:
             folder = checkpoint(a.cache, size, dtype)

@@ -3,10 +3,18 @@ pytest puts this folder on sys.path)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import TOKENIZER_JSON
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_matvec_cache(tmp_path_factory):
+    """matvec.py keeps its per-machine choices in $NEOX_MINI_CACHE: the tests (and the processes
+    they start) use a folder of their own, never the user's ~/.cache."""
+    os.environ["NEOX_MINI_CACHE"] = str(tmp_path_factory.mktemp("neox_mini_cache"))
 
 
 @pytest.fixture(scope="session")

@@ -348,7 +348,7 @@ CASES = [
         "int64-weights",
         edit_tensors(lambda s: s.__setitem__("embed_out.weight", torch.zeros(50304, 32, dtype=torch.int64))),
         INFO,
-        ("embed_out.weight is int64", "not floating point"),
+        ("embed_out.weight is int64, not floating point", "wrong dtype"),
     ),
     Case("no-weights", remove("model.safetensors"), INFO, ("no weights in",)),
     # hand-edited configs

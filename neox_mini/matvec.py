@@ -1,0 +1,188 @@
+"""Products of a weight with a few rows (decoding), computed the way that is fastest on this CPU.
+
+Decoding multiplies every weight matrix by one vector per sequence: the step is bound by how fast
+the weights stream from memory, and which formulation streams fastest depends on the machine and
+the dtype. Measured on two CPUs (docs/performance.md): on an AMD EPYC (AVX2) a batched product over
+row blocks of the weight was 1.5-1.8x F.linear for the LM head; on an Intel Xeon (AVX-512, AMX) the
+same trick is 2.5x slower than F.linear in fp32, while in bf16 F.linear is the slow one (13 GB/s
+against 33 for torch.mv). No constant is right everywhere, so none is kept:
+
+    linear(x, weight, bias)    F.linear(x, weight, bias), by the method measured fastest for this
+                               (weight shape, dtype, rows, threads) on this CPU
+
+The candidates compute the same dot products (each output is one weight row times x):
+
+    "linear"     F.linear
+    "mv"         torch.mv / addmv (one row only)
+    "split-k"    the weight [O, I] viewed as k blocks [k, O/k, I], one batched product (bmm): each
+                 block is an independent matrix-vector product a core can stream on its own
+
+The first product of each kind times every candidate (a warm-up and 3 timed runs each, the best
+of them counted; well under a second for a whole model) and keeps the winner, in memory and in a
+JSON file keyed by the CPU model, torch version and thread count, so later processes skip it:
+$NEOX_MINI_CACHE/matvec.json, default ~/.cache/neox_mini. Products of more than MAX_ROWS rows
+are matrix products (compute-bound), and always F.linear; so are all products off the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MAX_ROWS = 8  # decoding a batch of up to 8 sequences: a matrix-vector product in all but name
+SPLITS = (2, 4, 8, 16)
+
+_choices: dict[str, str] | None = None  # key -> method, loaded from the file on first use
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias): [..., I] -> [..., O], by this machine's fastest method."""
+    rows = x.numel() // x.shape[-1]
+    if rows > MAX_ROWS or weight.device.type != "cpu":
+        return F.linear(x, weight, bias)
+    key = choice_key(weight, rows)
+    choices = load_choices()
+    method = choices.get(key)
+    if method is None:
+        method = choices[key] = fastest(x, weight, bias)
+        save_choices()
+    return METHODS[method](x, weight, bias)
+
+
+def int8_linear(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """F.linear(x, weight * scale[:, None], bias) for int8 weights [O, I] with per-row scales [O]
+    (quantize.py): [..., I] -> [..., O] in x's dtype, by this machine's fastest method for few rows."""
+    rows = x.numel() // x.shape[-1]
+    if rows > MAX_ROWS or weight.device.type != "cpu":
+        method = "int8-dequant"
+    else:
+        key = "int8 " + choice_key(weight, rows)
+        choices = load_choices()
+        method = choices.get(key)
+        if method is None:
+            method = choices[key] = fastest(x, weight, bias, scale)
+            save_choices()
+    return INT8_METHODS[method](x, weight, scale, bias)
+
+
+def int8_dequant(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The weight converted to x's dtype for this product only, then x @ q.T * scale (+ bias)."""
+    y = F.linear(x, weight.to(x.dtype)).mul_(scale.to(x.dtype))  # [..., O]
+    return y if bias is None else y.add_(bias)
+
+
+def int8_pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """PyTorch's int8 weight-only kernel; it takes bf16 activations (fp32 ones are rounded to bf16)."""
+    rows, I = x.numel() // x.shape[-1], x.shape[-1]
+    y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, I).to(torch.bfloat16), weight, scale.to(torch.bfloat16))
+    y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
+    return y if bias is None else y.add_(bias)
+
+
+INT8_METHODS = {"int8-dequant": int8_dequant, "int8-pack": int8_pack}
+
+
+def by_split(k: int):
+    def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        rows, (O, I) = x.numel() // x.shape[-1], weight.shape
+        w = weight.view(k, O // k, I)  # [k, O/k, I]
+        xt = x.reshape(1, rows, I).transpose(1, 2).expand(k, -1, -1)  # [k, I, rows]
+        if bias is None:
+            y = torch.bmm(w, xt)  # [k, O/k, rows]
+        else:
+            y = torch.baddbmm(bias.view(k, O // k, 1), w, xt)  # [k, O/k, rows]
+        return y.permute(2, 0, 1).reshape(*x.shape[:-1], O)  # [..., O]: blocks side by side again
+
+    return product
+
+
+def by_mv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    v = x.reshape(-1)  # [I]: one row
+    y = torch.mv(weight, v) if bias is None else torch.addmv(bias, weight, v)  # [O]
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+METHODS = {"linear": F.linear, "mv": by_mv, **{f"split-{k}": by_split(k) for k in SPLITS}}
+
+
+def candidates(rows: int, out_features: int) -> list[str]:
+    return ["linear", *(["mv"] if rows == 1 else []), *(f"split-{k}" for k in SPLITS if out_features % k == 0)]
+
+
+def fastest(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None) -> str:
+    """The candidate with the lowest best-of-3 time, each timed in turn (so a change of machine load
+    hits them all). With a scale, the int8 methods (int8_linear)."""
+    if scale is None:
+        methods = {name: METHODS[name] for name in candidates(x.numel() // x.shape[-1], weight.shape[0])}
+        args = (x, weight, bias)
+    else:
+        methods, args = INT8_METHODS, (x, weight, scale, bias)
+    for method in methods.values():  # warm-up: first-call allocations and library dispatch
+        method(*args)
+    best = dict.fromkeys(methods, float("inf"))
+    for _ in range(3):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            method(*args)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return min(best, key=best.get)
+
+
+def choice_key(weight: torch.Tensor, rows: int) -> str:
+    O, I = weight.shape
+    return f"{str(weight.dtype).removeprefix('torch.')} {O}x{I} rows={rows} threads={torch.get_num_threads()}"
+
+
+def cache_file() -> Path:
+    root = os.environ.get("NEOX_MINI_CACHE") or Path.home() / ".cache" / "neox_mini"
+    return Path(root) / "matvec.json"
+
+
+def machine() -> str:
+    """What the choices depend on besides the product itself: the CPU, and torch's kernels."""
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__}"
+
+
+def load_choices() -> dict[str, str]:
+    global _choices
+    if _choices is None:
+        _choices = {}
+        try:
+            stored = json.loads(cache_file().read_text(encoding="utf-8")).get(machine(), {})
+            _choices = {k: v for k, v in stored.items() if v in (INT8_METHODS if k.startswith("int8 ") else METHODS)}
+        except (OSError, ValueError, AttributeError):
+            pass  # no file yet, or an unreadable one: measure again (and rewrite it)
+    return _choices
+
+
+def save_choices() -> None:
+    """Merge this machine's choices into the file (other machines' entries are kept); best effort:
+    a read-only home only means measuring again next time."""
+    path = cache_file()
+    try:
+        try:
+            everything = json.loads(path.read_text(encoding="utf-8"))
+            everything = everything if isinstance(everything, dict) else {}
+        except (OSError, ValueError):
+            everything = {}
+        everything[machine()] = dict(sorted(load_choices().items()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(everything, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass

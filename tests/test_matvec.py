@@ -1,0 +1,63 @@
+"""matvec.py: every method computes F.linear; the fastest is measured once per product and
+machine, kept in a file, and a bad file is measured over, never trusted."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neox_mini import matvec
+from neox_mini.parity import TOLERANCES, difference
+
+FP32 = TOLERANCES["float32"]
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """No choice made yet, and a cache folder of this test's own."""
+    monkeypatch.setenv("NEOX_MINI_CACHE", str(tmp_path))
+    monkeypatch.setattr(matvec, "_choices", None)
+    return tmp_path / "matvec.json"
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 8])
+@pytest.mark.parametrize("out_features", [64, 1024, 1001])
+def test_every_method_equals_f_linear(rows, out_features):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(1, rows, 96, generator=g)
+    w, b = torch.randn(out_features, 96, generator=g), torch.randn(out_features, generator=g)
+    for bias in (b, None):
+        want = F.linear(x, w, bias)
+        for name in matvec.candidates(rows, out_features):
+            d = difference(f"{name}, {rows} rows x {out_features}", matvec.METHODS[name](x, w, bias), want)
+            assert not d.over(FP32), str(d)
+
+
+def test_many_rows_are_a_plain_matrix_product(fresh, monkeypatch):
+    monkeypatch.setattr(matvec, "fastest", lambda *a: pytest.fail("a product of 9 rows was timed"))
+    x, w = torch.randn(9, 32), torch.randn(64, 32)
+    assert torch.equal(matvec.linear(x, w), F.linear(x, w))
+    assert not fresh.exists()
+
+
+def test_the_choice_is_measured_once_and_kept(fresh, monkeypatch):
+    x, w = torch.randn(1, 1, 256), torch.randn(4096, 256)
+    got = matvec.linear(x, w)
+    assert not difference("linear", got, F.linear(x, w)).over(FP32)
+    stored = json.loads(fresh.read_text())[matvec.machine()]
+    key = matvec.choice_key(w, 1)
+    assert stored[key] in matvec.candidates(1, 4096)
+    # A new process reads the file instead of measuring again.
+    monkeypatch.setattr(matvec, "_choices", None)
+    monkeypatch.setattr(matvec, "fastest", lambda *a: pytest.fail("measured again"))
+    matvec.linear(x, w)
+    assert matvec.choice_key(w, 1) == key and matvec.load_choices()[key] == stored[key]
+
+
+@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"%s": {"float32 64x32 rows=1 threads=1": "rm -rf"}}'])
+def test_a_bad_cache_file_is_measured_over(fresh, content):
+    fresh.write_text(content.replace("%s", matvec.machine()))
+    x, w = torch.randn(1, 32), torch.randn(64, 32)
+    assert not difference("linear", matvec.linear(x, w), F.linear(x, w)).over(FP32)
+    assert all(v in matvec.METHODS for v in json.loads(fresh.read_text())[matvec.machine()].values())
