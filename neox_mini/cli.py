@@ -39,7 +39,12 @@ def add_model_options(
         help=f"checkpoint folder, or a Hub name such as EleutherAI/pythia-160m {model_help}",
     )
     p.add_argument("--revision", help="Hub revision: branch, tag such as step3000, or commit sha")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=dtype_default, help=dtype_help)
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16", "auto"],
+        default=dtype_default,
+        help=f"{dtype_help}; auto: bf16 on a CPU with native bf16 (AMX, AVX-512 BF16), else fp32",
+    )
     p.add_argument("--device", default=device_default, help=f"cpu, cuda, cuda:1, ... {device_help}")
     if tokenizer:
         p.add_argument(

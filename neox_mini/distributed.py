@@ -41,7 +41,7 @@ import torch
 from .checkpoint import find_weight_files, iter_bin, read_state_dict, to_torch_dtype
 from .errors import ConfigError
 from .hub import resolve
-from .loading import read_config, read_quantization
+from .loading import auto_dtype, read_config, read_quantization
 from .model import GPTNeoX, RotaryEmbedding
 from .plan import check_fits, split_dim
 
@@ -144,7 +144,7 @@ def load_folder(
     device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" else "cpu"
     kind, files, _ = find_weight_files(folder)
     stored = _stored_dtype(kind, files)
-    target = to_torch_dtype(dtype) or stored
+    target = (auto_dtype(device) if dtype == "auto" else to_torch_dtype(dtype)) or stored
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", n)) if str(device) == "cpu" else 1
     check_fits(config, target, n, str(device), ranks_here)  # also refuses an N that does not divide the heads
 

@@ -38,6 +38,8 @@ def from_pretrained(
     "main") through the Hugging Face cache (see hub.py).
 
     dtype   fp32 / bf16 / fp16 (or a torch.dtype); default: the dtype the weights are stored in.
+            "auto": bf16 on a CPU that computes it natively (AMX or AVX-512 BF16), else fp32; on a
+            GPU, as stored (see auto_dtype).
     gelu    "erf" (transformers' exact GELU, the default for Pythia) or "tanh" (NeoX training's).
     The result's `provenance` says what was loaded from where (path, files, dtypes, Hub repo,
     revision, commit, step, tokens seen, known issues)."""
@@ -82,6 +84,17 @@ def read_config(folder: Path) -> NeoXConfig:
     return NeoXConfig.from_hf(folder)
 
 
+def auto_dtype(device: torch.device | str = "cpu") -> torch.dtype | None:
+    """The dtype that runs fastest here without a precision surprise on other machines: bf16 on a
+    CPU with native bf16 arithmetic (AMX tiles or AVX-512 BF16: oneDNN's bf16 kernels; prefill
+    measured 2-4x fp32 in docs/performance.md), fp32 on other CPUs (where bf16 is emulated and
+    several times slower), None (= as stored) on a GPU."""
+    if torch.device(device).type != "cpu":
+        return None
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return torch.bfloat16 if native else torch.float32
+
+
 def read_quantization(folder: Path) -> str | None:
     """ "int8" for a checkpoint written by `neox-mini quantize`, None for a float one; any other
     `quantization_config` (GPTQ, bitsandbytes, ...) is refused, naming it."""
@@ -118,7 +131,8 @@ def assign_weights(
     int8 = frozenset(name for name, t in model.state_dict().items() if t.dtype == torch.int8)
     state, files = read_state_dict(folder, expected, int8)
     stored_dtype = state["gpt_neox.embed_in.weight"].dtype
-    target = to_torch_dtype(dtype) or stored_dtype
+    target = auto_dtype(device) if dtype == "auto" else to_torch_dtype(dtype) or stored_dtype
+    target = target or stored_dtype
     if target != stored_dtype or torch.device(device).type != "cpu":
         # The weights will be copied (cast, or moved to a GPU): refuse now if they cannot fit, rather
         # than be killed halfway. Uncast on the CPU they stay memory-mapped file pages.

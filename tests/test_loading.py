@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from neox_mini import CheckpointError, ConfigError, GPTNeoX, NeoXConfig, from_pretrained, synthetic
 from neox_mini.checkpoint import save_checkpoint
+from neox_mini.loading import auto_dtype, load_folder
 from neox_mini.parity import TOLERANCES, difference
+from neox_mini.synthetic import write_random_checkpoint
 
 CONFIG = NeoXConfig(
     vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=64
@@ -262,3 +264,14 @@ def test_random_model_has_real_rotary_tables():
     model = random_model()
     reference = GPTNeoX(CONFIG).rotary
     assert torch.equal(model.rotary.cos, reference.cos) and torch.equal(model.rotary.sin, reference.sin)
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "want"), [(True, False, "bfloat16"), (False, True, "bfloat16"), (False, False, "float32")]
+)
+def test_auto_dtype_is_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch, amx, avx512_bf16, want):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert auto_dtype("cpu") == getattr(torch, want) and auto_dtype("cuda") is None
+    folder = write_random_checkpoint(tmp_path / "m", tiny())
+    assert load_folder(folder, dtype="auto").provenance["dtype"] == want
