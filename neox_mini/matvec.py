@@ -17,7 +17,7 @@ The candidates compute the same dot products (each output is one weight row time
     "split-k"    the weight [O, I] viewed as k blocks [k, O/k, I], one batched product (bmm): each
                  block is an independent matrix-vector product a core can stream on its own
 
-The first product of each kind times every candidate (a warm-up and 3 timed runs each, the best
+The first product of each kind times every candidate (a warm-up and 5 timed runs each, the best
 of them counted; well under a second for a whole model) and keeps the winner, in memory and in a
 JSON file keyed by the CPU model, torch version and thread count, so later processes skip it:
 $NEOX_MINI_CACHE/matvec.json, default ~/.cache/neox_mini. Products of more than MAX_ROWS rows
@@ -46,7 +46,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // x.shape[-1]
     if rows > MAX_ROWS or weight.device.type != "cpu":
         return F.linear(x, weight, bias)
-    key = choice_key(weight, rows)
+    key = choice_key(weight.dtype, weight.shape, rows)
     choices = load_choices()
     method = choices.get(key)
     if method is None:
@@ -64,7 +64,7 @@ def int8_linear(
     if rows > MAX_ROWS or weight.device.type != "cpu":
         method = "int8-dequant"
     else:
-        key = "int8 " + choice_key(weight, rows)
+        key = "int8 " + choice_key(x.dtype, weight.shape, rows)  # int8 weights, x.dtype activations
         choices = load_choices()
         method = choices.get(key)
         if method is None:
@@ -118,7 +118,7 @@ def candidates(rows: int, out_features: int) -> list[str]:
 
 
 def fastest(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None) -> str:
-    """The candidate with the lowest best-of-3 time, each timed in turn (so a change of machine load
+    """The candidate with the lowest best-of-5 time, each timed in turn (so a change of machine load
     hits them all). With a scale, the int8 methods (int8_linear)."""
     if scale is None:
         methods = {name: METHODS[name] for name in candidates(x.numel() // x.shape[-1], weight.shape[0])}
@@ -128,7 +128,7 @@ def fastest(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sc
     for method in methods.values():  # warm-up: first-call allocations and library dispatch
         method(*args)
     best = dict.fromkeys(methods, float("inf"))
-    for _ in range(3):
+    for _ in range(5):
         for name, method in methods.items():
             start = time.perf_counter()
             method(*args)
@@ -136,9 +136,9 @@ def fastest(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sc
     return min(best, key=best.get)
 
 
-def choice_key(weight: torch.Tensor, rows: int) -> str:
-    O, I = weight.shape
-    return f"{str(weight.dtype).removeprefix('torch.')} {O}x{I} rows={rows} threads={torch.get_num_threads()}"
+def choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int) -> str:
+    O, I = shape
+    return f"{str(dtype).removeprefix('torch.')} {O}x{I} rows={rows} threads={torch.get_num_threads()}"
 
 
 def cache_file() -> Path:

@@ -35,6 +35,11 @@ of --runs runs with min-max, and the ratio neox / transformers:
             `torchrun --nproc-per-node 2` with one thread per rank, same checkpoint (sharded
             safetensors): each process's peak RSS (VmHWM), how much of it is file pages (the
             memory-mapped weights) and the weight bytes it read, and decode tok/s.
+  int8      weight-only int8 (GPTNeoX.quantize): decode tok/s (batch 1) and prefill 512 tok/s of
+            the int8 model vs transformers fp32, with the int8 model's error against fp32
+            (parity.quantization_error). With --ct2-python, also against ctranslate2 (float32
+            and int8) on the same checkpoint, converted once by ct2-transformers-converter in
+            that interpreter.
   eval      lm-evaluation-harness on neox_mini.lm_eval.example_tasks (one task per request type)
             with the neox_mini model vs lm-eval's own `--model hf`, on a random 70m-shape
             checkpoint: seconds of simple_evaluate (task loading included) and peak RSS, each run
@@ -213,6 +218,57 @@ def bench_decode(neox, hf, batch: int, runs: int, new_tokens: int) -> dict:
     values = alternate({"neox": run_neox, "hf": run_hf}, runs)
     same = torch.equal(outs["neox"], outs["hf"])
     return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "same_tokens": same}
+
+
+def int8_error(fp32, int8) -> dict:
+    from neox_mini import fast
+    from neox_mini.parity import quantization_error
+
+    ids = torch.randint(0, 50000, (2, 128), generator=torch.Generator().manual_seed(0))
+    return quantization_error(fast.forward(fp32, ids), fast.forward(int8, ids))
+
+
+CT2_RUN = """
+import sys, time, json, ctranslate2, tokenizers
+model, compute_type, threads, what, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+tok = tokenizers.Tokenizer.from_file(sys.argv[6])
+gen = ctranslate2.Generator(model, device="cpu", compute_type=compute_type, intra_threads=threads)
+prompt = [tok.id_to_token(i) for i in range(1000, 1000 + n)]
+def go():
+    if what == "decode":
+        gen.generate_batch([prompt], max_length={new_tokens}, min_length={new_tokens}, sampling_topk=1,
+                           include_prompt_in_result=False, end_token=[])
+    else:  # prefill: the prompt and the first next token
+        gen.generate_batch([prompt], max_length=1, sampling_topk=1, include_prompt_in_result=False)
+go()
+times = []
+for _ in range(int(sys.argv[7])):
+    start = time.perf_counter(); go(); times.append(time.perf_counter() - start)
+print(json.dumps(times))
+"""
+
+
+def ct2_model(ct2_python: str, folder: Path, compute: str) -> Path:
+    """The checkpoint converted to ctranslate2 (once; reused from the cache folder)."""
+    out = folder.parent / f"{folder.name}-ct2-{compute}"
+    if not (out / "model.bin").is_file():
+        converter = Path(ct2_python).parent / "ct2-transformers-converter"
+        subprocess.run(
+            [str(converter), "--model", str(folder), "--output_dir", str(out), "--quantization", compute, "--force"],
+            check=True,
+            capture_output=True,
+        )
+    return out
+
+
+def ct2_rates(ct2_python: str, folder: Path, compute: str, what: str, runs: int, threads: int) -> list[float]:
+    """tok/s of ctranslate2 in its own interpreter: decode NEW_TOKENS after PROMPT_LEN, or prefill 512."""
+    n = PROMPT_LEN if what == "decode" else 512
+    code = CT2_RUN.replace("{new_tokens}", str(NEW_TOKENS))
+    args = [str(ct2_model(ct2_python, folder, compute)), compute, str(threads), what, str(n), str(TOKENIZER_JSON)]
+    out = subprocess.run([ct2_python, "-c", code, *args, str(runs)], capture_output=True, text=True, check=True)
+    tokens = NEW_TOKENS if what == "decode" else n
+    return [tokens / t for t in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
 def bench_prefill(neox, hf, T: int, runs: int) -> dict:
@@ -453,7 +509,7 @@ def bench_matvec(C: int, dtype: str, runs: int) -> dict:
 
     with torch.inference_mode():
         matvec.linear(x, W)  # makes (or reads) this machine's choice
-    chosen = matvec.load_choices()[matvec.choice_key(W, 1)]
+    chosen = matvec.load_choices()[matvec.choice_key(W.dtype, W.shape, 1)]
     fns = {"neox": rate(lambda: matvec.linear(x, W)), "hf": rate(lambda: F.linear(x, W))}
     for name in matvec.candidates(1, W.shape[0]):
         fns[name] = rate(lambda name=name: matvec.METHODS[name](x, W, None))
@@ -670,8 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"],
-        default=["matvec", "decode", "prefill", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"],
+        choices=["matvec", "decode", "prefill", "int8", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"],
+        default=["matvec", "decode", "prefill", "int8", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"],
     )
     p.add_argument("--runs", type=int, help="measured runs per number (default 5, --quick 3; at least 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -688,6 +744,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="before each measured run, wait up to S seconds until no other process wants a "
         "CPU (default 2; 0 = never wait)",
+    )
+    p.add_argument(
+        "--ct2-python",
+        metavar="PYTHON",
+        help="a Python interpreter with ctranslate2 (and transformers < 5 for its converter): the int8 "
+        "measurements then also run ctranslate2 float32 and int8 on the same checkpoints",
     )
     p.add_argument("--json", type=Path, default=REPO / "bench_out" / "bench.json", help="where to write the results")
     a = p.parse_args(argv)
@@ -744,12 +806,15 @@ def main(argv: list[str] | None = None) -> int:
                 neox, hf = load_both(folder, dtype)
                 if "decode" in a.only:
                     for batch in (1,) if quick_bf16 or (a.quick and size != "14m") else (1, 8):
-                        goal = (
-                            {"14m": ">= 4x", "70m": ">= 2.5x", "160m": ">= 2.5x"}.get(size, "")
-                            if dtype == "fp32" and batch == 1
-                            else ""
-                        )
+                        goal = ">= 1.3x" if dtype == "fp32" else ">= 1.0x"
                         r = bench_decode(neox, hf, batch, runs, NEW_TOKENS)
+                        ct2 = ""
+                        if a.ct2_python and dtype == "fp32" and batch == 1:
+                            r["ct2_float32"] = summary(
+                                ct2_rates(a.ct2_python, folder, "float32", "decode", runs, a.threads)
+                            )
+                            theirs = r["ct2_float32"]["median"]
+                            ct2 = f"; ctranslate2 float32 {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
                         record(
                             "decode",
                             size,
@@ -763,7 +828,8 @@ def main(argv: list[str] | None = None) -> int:
                                 else " (tokens differ!)"
                                 if dtype == "fp32"
                                 else " (tokens differ: bf16 rounds differently)"
-                            ),
+                            )
+                            + (f" ({ct2[2:]})" if ct2 else ""),
                             0,
                             goal,
                         )
@@ -778,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
                             r,
                             f"{size} {dtype} prefill {T} tok/s",
                             0,
-                            ">= 1.3x" if dtype == "fp32" else "",
+                            ">= 1.0x",
                         )
                 if "hooks" in a.only and dtype == "fp32" and not (a.quick and size != "70m"):
                     r = bench_hooks_overhead(neox, runs, NEW_TOKENS)
@@ -793,6 +859,43 @@ def main(argv: list[str] | None = None) -> int:
                         "~1.0x",
                     )
                 del neox, hf
+            if "int8" in a.only and dtype == "fp32":
+                from neox_mini import from_pretrained
+                from neox_mini.generation import generate
+
+                neox8, hf = load_both(folder, dtype)
+                neox8.quantize("int8")
+                err = int8_error(from_pretrained(folder), neox8)
+                generate(neox8, torch.zeros(1, 4, dtype=torch.long), 2)  # measures matvec.py's choices
+                for what in ("decode", "prefill"):
+                    r = (
+                        bench_decode(neox8, hf, 1, runs, NEW_TOKENS)
+                        if what == "decode"
+                        else bench_prefill(neox8, hf, 512, runs)
+                    )
+                    if a.ct2_python:
+                        for compute in ("float32", "int8"):
+                            rates = ct2_rates(a.ct2_python, folder, compute, what, runs, a.threads)
+                            r[f"ct2_{compute}"] = summary(rates)
+                    r["error"] = err
+                    ct2 = ""
+                    for c in ("float32", "int8"):
+                        if f"ct2_{c}" in r:
+                            theirs = r[f"ct2_{c}"]["median"]
+                            ct2 += f"; ctranslate2 {c} {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
+                    label = "decode tok/s, batch 1" if what == "decode" else "prefill 512 tok/s"
+                    record(
+                        "int8",
+                        size,
+                        "int8",
+                        {"what": what},
+                        r,
+                        f"{size} int8 {label} vs transformers fp32 (error vs fp32: relative {err['rel_error']:.1e}, "
+                        f"KL max {err['kl_max']:.1e}, top-1 {err['top1_agreement']:.1%}{ct2})",
+                        0,
+                        ">= 1.0x ctranslate2 int8",
+                    )
+                del neox8, hf
             if "cache" in a.only and dtype == "fp32" and size in ("70m", "160m"):
                 neox, hf_eager = checkpoint_models(folder, dtype)
                 for T in (512, 2048):

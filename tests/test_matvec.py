@@ -46,13 +46,13 @@ def test_the_choice_is_measured_once_and_kept(fresh, monkeypatch):
     got = matvec.linear(x, w)
     assert not difference("linear", got, F.linear(x, w)).over(FP32)
     stored = json.loads(fresh.read_text())[matvec.machine()]
-    key = matvec.choice_key(w, 1)
+    key = matvec.choice_key(w.dtype, w.shape, 1)
     assert stored[key] in matvec.candidates(1, 4096)
     # A new process reads the file instead of measuring again.
     monkeypatch.setattr(matvec, "_choices", None)
     monkeypatch.setattr(matvec, "fastest", lambda *a: pytest.fail("measured again"))
     matvec.linear(x, w)
-    assert matvec.choice_key(w, 1) == key and matvec.load_choices()[key] == stored[key]
+    assert matvec.choice_key(w.dtype, w.shape, 1) == key and matvec.load_choices()[key] == stored[key]
 
 
 @pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"%s": {"float32 64x32 rows=1 threads=1": "rm -rf"}}'])
