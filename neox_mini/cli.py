@@ -754,6 +754,12 @@ def add_sweep_parser(sub) -> None:
         "--offline", action="store_true", help="only what is cached (as HF_HUB_OFFLINE=1); say what is skipped"
     )
     p.add_argument("--plot", metavar="PNG", help="draw the summary against tokens seen (needs matplotlib)")
+    p.add_argument(
+        "--tensor-parallel",
+        action="store_true",
+        help="under torchrun: split each revision's model over the ranks (for models too big for one device) "
+        "instead of giving each rank whole revisions",
+    )
 
 
 def cmd_sweep(args) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import fast, pythia
+from . import distributed, fast, pythia
 from .checkpoint import find_weight_files, to_torch_dtype
 from .errors import ResolveError
 from .generation import default_vocab_limit
@@ -163,11 +163,22 @@ class Swapper:
 
 
 def each_revision(
-    revisions: Sequence[Revision], dtype=None, device: str = "cpu", progress: Progress | None = None
+    revisions: Sequence[Revision], dtype=None, device: str = "cpu", progress: Progress | None = None, mesh=None
 ) -> Iterator[tuple[Revision, GPTNeoX]]:
     """(revision, the one model holding its weights), in order; the next revision's files are read
-    ahead while the caller computes. progress(i, n, name) is called before each."""
+    ahead while the caller computes. progress(i, n, name) is called before each. With a `mesh`
+    (distributed.init_mesh), each revision is loaded split over its ranks instead (tensor
+    parallelism: a model too big for one device; every rank reads only its slice)."""
     if not revisions:
+        return
+    if mesh is not None:
+        for i, revision in enumerate(revisions):
+            if progress:
+                progress(i, len(revisions), revision.name)
+            yield (
+                revision,
+                distributed.load_folder(revision.folder, mesh=mesh, dtype=dtype, provenance=revision.provenance),
+            )
         return
     swapper = Swapper(revisions[0], dtype, device)
     for i, revision in enumerate(revisions):
@@ -228,13 +239,14 @@ def token_logprobs(
     device: str = "cpu",
     download: bool | None = None,
     progress: Progress | None = None,
+    mesh=None,
 ) -> SweepResult:
     """log p(token t+1 | tokens <= t) of every sequence at every revision: values["logprobs"] is
     float32 [R, N, T - 1]. Sequences must have equal length (no padding is involved)."""
     ids = as_batch(sequences)
     located, skipped = locate_all(model, revisions, download)
     out = torch.empty(len(located), ids.shape[0], ids.shape[1] - 1)
-    for r, (_, m) in enumerate(each_revision(located, dtype, device, progress)):
+    for r, (_, m) in enumerate(each_revision(located, dtype, device, progress, mesh)):
         for rows, logits in batched_logits(m, ids, batch_size):
             logp = F.log_softmax(logits[:, :-1], dim=-1)  # [b, T - 1, V]
             out[r, rows] = logp.gather(-1, ids[rows, 1:, None].to(logp.device))[..., 0].cpu()
@@ -253,6 +265,7 @@ def memorization(
     device: str = "cpu",
     download: bool | None = None,
     progress: Progress | None = None,
+    mesh=None,
 ) -> SweepResult:
     """Whether greedy decoding of `continuation` tokens after the first `prefix` reproduces the
     sequence (the Pythia memorization definition, 32 + 32 by default), from one teacher-forced
@@ -267,7 +280,7 @@ def memorization(
     ids = ids[:, : prefix + continuation]
     located, skipped = locate_all(model, revisions, download)
     correct = torch.zeros(len(located), ids.shape[0], continuation, dtype=torch.bool)
-    for r, (_, m) in enumerate(each_revision(located, dtype, device, progress)):
+    for r, (_, m) in enumerate(each_revision(located, dtype, device, progress, mesh)):
         for rows, logits in batched_logits(m, ids, batch_size):
             # Only the ids a tokenizer can produce are candidates, as in generate().
             limit = default_vocab_limit(m)

@@ -4,7 +4,9 @@ writing the result files (see the command's --help for what each kind writes).
 Launched by `torchrun --nproc-per-node N` (WORLD_SIZE > 1), each rank takes every N-th revision
 (every N-th pair of consecutive revisions for `weights`), computes it with the same API a single
 process uses, and rank 0 gathers the pieces (torch.distributed.gather_object, gloo on CPU, NCCL
-on GPU) back into revision order: the files are byte for byte those of one process.
+on GPU) back into revision order: the files are byte for byte those of one process. With
+--tensor-parallel every revision is instead loaded split over the N ranks (distributed.py), for a
+model that does not fit one device; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -62,6 +64,19 @@ def read_sequences(args, first_folder: Path) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def tensor_parallel_mesh(args):
+    """--tensor-parallel under torchrun: the mesh every revision is split over (else None)."""
+    if not args.tensor_parallel:
+        return None
+    if args.kind == "weights":
+        raise ValueError("--tensor-parallel: the weights sweep loads no model (its ranks split the pairs)")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise ValueError("--tensor-parallel splits each model over torchrun's ranks: start the sweep with torchrun")
+    from . import distributed
+
+    return distributed.init_mesh("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def rank_and_world() -> tuple[int, int]:
     """This process's rank and the number of ranks; sets up torch.distributed under torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -85,7 +100,9 @@ def gather(piece, rank: int, world: int) -> list | None:
 
 
 def run(args) -> int:
+    mesh = tensor_parallel_mesh(args)
     rank, world = rank_and_world()
+    split = 1 if mesh is not None else world  # revisions per rank: all of them when each model is split
     names = sweep.parse_revisions(args.revisions, sweep.revision_folders(args.model))
     skipped: list[str] = []
 
@@ -110,11 +127,20 @@ def run(args) -> int:
                 )
     else:
         ids = read_sequences(args, sweep.locate(args.model, names[:1])[0].folder)
-        mine = [name for i, name in enumerate(names) if i % world == rank]
+        mine = [name for i, name in enumerate(names) if i % split == rank % split]
         fn = sweep.token_logprobs if args.kind == "logprobs" else sweep.memorization
         extra = {} if args.kind == "logprobs" else {"prefix": args.prefix, "continuation": args.continuation}
         if mine:
-            r = fn(args.model, mine, ids, batch_size=args.batch_size, dtype=args.dtype, progress=progress, **extra)
+            r = fn(
+                args.model,
+                mine,
+                ids,
+                batch_size=args.batch_size,
+                dtype=args.dtype,
+                progress=progress,
+                mesh=mesh,
+                **extra,
+            )
             skipped = r.skipped
             for j, revision in enumerate(r.revisions):
                 pieces.append(
@@ -125,6 +151,8 @@ def run(args) -> int:
                     }
                 )
     print(file=sys.stderr)
+    if mesh is not None:  # every rank computed every revision, the same numbers: rank 0 writes them
+        pieces = pieces if rank == 0 else []
     gathered = gather({"pieces": pieces, "skipped": skipped}, rank, world)
     if rank == 0:
         merged = _merge(args.kind, [p for g in gathered for p in g["pieces"]])

@@ -14,6 +14,7 @@ from fake_hub import add_to_cache, folder_files, tree_state
 
 from neox_mini import NeoXConfig, ResolveError, RevisionError, Tokenizer, from_pretrained
 from neox_mini.generation import generate_batch
+from neox_mini.parity import TOLERANCES, difference
 from neox_mini.scoring import token_logprobs as score_logprobs
 from neox_mini.sweep import memorization, parse_revisions, token_logprobs, weight_diffs
 from neox_mini.synthetic import write_random_checkpoint
@@ -204,6 +205,25 @@ def test_torchrun_gives_byte_identical_files(offline, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for suffix in (".npy", ".csv", ".json"):
         assert (tmp_path / f"one{suffix}").read_bytes() == (tmp_path / f"two{suffix}").read_bytes(), suffix
+
+    # --tensor-parallel: each revision split over the two ranks instead; the same log-probs up to
+    # the order of the sums (the fp32 tolerance).
+    proc = subprocess.run(
+        [
+            *proc.args[: proc.args.index("--out")],
+            "--out",
+            str(tmp_path / "split"),
+            "--tensor-parallel",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, split = np.load(tmp_path / "one.npy"), np.load(tmp_path / "split.npy")
+    d = difference("log-probs", torch.from_numpy(split), torch.from_numpy(one))
+    assert not d.over(TOLERANCES["float32"]), str(d)
 
 
 def test_cli_reads_text_and_jsonl_and_skips_offline(offline, tmp_path, capsys, tokenizer_json):
