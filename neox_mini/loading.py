@@ -138,8 +138,12 @@ def assign_weights(
         # than be killed halfway. Uncast on the CPU they stay memory-mapped file pages.
         check_fits(model.config, target, 1, str(torch.device(device)))
     # .to() is a no-op (same storage, still memory-mapped) when dtype and device already match.
-    # int8 weights stay int8 (their scales take the model's dtype).
+    # int8 weights stay int8 (their scales take the model's dtype), copied out of the file mapping
+    # when not 64-byte aligned, which PyTorch's int8 kernel needs (matvec.int8_pack).
     state = {name: t.to(device=device, dtype=target if name not in int8 else t.dtype) for name, t in state.items()}
+    for name in int8:
+        if state[name].data_ptr() % 64:
+            state[name] = state[name].clone()
     model.load_state_dict(state, strict=True, assign=True)
     model.provenance = {
         "path": str(folder.resolve()),

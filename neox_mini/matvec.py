@@ -61,15 +61,16 @@ def int8_linear(
     """F.linear(x, weight * scale[:, None], bias) for int8 weights [O, I] with per-row scales [O]
     (quantize.py): [..., I] -> [..., O] in x's dtype, by this machine's fastest method for few rows."""
     rows = x.numel() // x.shape[-1]
-    if rows > MAX_ROWS or weight.device.type != "cpu":
-        method = "int8-dequant"
-    else:
-        key = "int8 " + choice_key(x.dtype, weight.shape, rows)  # int8 weights, x.dtype activations
-        choices = load_choices()
-        method = choices.get(key)
-        if method is None:
-            method = choices[key] = fastest(x, weight, bias, scale)
-            save_choices()
+    if weight.device.type != "cpu":
+        return int8_dequant(x, weight, scale, bias)
+    # int8 weights, x.dtype activations; products of more than MAX_ROWS rows (prefill) share one
+    # choice, measured on the first of them.
+    key = "int8 " + choice_key(x.dtype, weight.shape, rows if rows <= MAX_ROWS else f">{MAX_ROWS}")
+    choices = load_choices()
+    method = choices.get(key)
+    if method is None:
+        method = choices[key] = fastest(x, weight, bias, scale)
+        save_choices()
     return INT8_METHODS[method](x, weight, scale, bias)
 
 
@@ -80,14 +81,32 @@ def int8_dequant(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
 
 
 def int8_pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """PyTorch's int8 weight-only kernel; it takes bf16 activations (fp32 ones are rounded to bf16)."""
+    """PyTorch's int8 weight-only kernel; it takes bf16 activations (fp32 ones are rounded to bf16).
+    The kernel crashes the process (torch 2.13, AVX-512) on a weight that is not 64-byte aligned,
+    as a tensor memory-mapped from a safetensors file can be: loading copies int8 weights into
+    aligned memory, and an unaligned one is computed the converting way instead."""
+    if weight.data_ptr() % 64:
+        return int8_dequant(x, weight, scale, bias)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
     y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, I).to(torch.bfloat16), weight, scale.to(torch.bfloat16))
     y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
     return y if bias is None else y.add_(bias)
 
 
-INT8_METHODS = {"int8-dequant": int8_dequant, "int8-pack": int8_pack}
+def int8_dynamic(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The activations quantized too, per row (scale max|x| / 127, as for the weights), and an
+    int8 x int8 -> int32 product (torch._int_mm, VNNI / AMX where the CPU has them); the result
+    is rescaled by both scales. Adds the activations' rounding to the weights'."""
+    rows, I = x.numel() // x.shape[-1], x.shape[-1]
+    x32 = x.reshape(rows, I).float()  # [rows, I]
+    x_scale = x32.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # [rows, 1]
+    xq = torch.round(x32 / x_scale).clamp_(-127, 127).to(torch.int8)  # [rows, I]
+    y = torch._int_mm(xq, weight.t()).float().mul_(x_scale).mul_(scale.float())  # [rows, O]
+    y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
+    return y if bias is None else y.add_(bias)
+
+
+INT8_METHODS = {"int8-dequant": int8_dequant, "int8-pack": int8_pack, "int8-dynamic": int8_dynamic}
 
 
 def by_split(k: int):
@@ -136,7 +155,7 @@ def fastest(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sc
     return min(best, key=best.get)
 
 
-def choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int) -> str:
+def choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int | str) -> str:
     O, I = shape
     return f"{str(dtype).removeprefix('torch.')} {O}x{I} rows={rows} threads={torch.get_num_threads()}"
 
@@ -154,7 +173,8 @@ def machine() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__}"
+    methods = ",".join([*METHODS, *INT8_METHODS])  # new candidates: measure again
+    return f"{cpu} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | {methods}"
 
 
 def load_choices() -> dict[str, str]:

@@ -53,12 +53,13 @@ TOLERANCES = {
     # same models: 2.0e-2. Tolerance: 2x that.
     "bfloat16": 4e-2,
     # Weight-only int8 (quantize.py), against the same model in fp32: each weight is rounded to one
-    # of 255 levels of its row's range (error <= max|w| / 254), and the products may take bf16
-    # activations (aten._weight_int8pack_mm). Measured worst case on random weights in the 14m,
-    # 70m and 160m shapes (prefill and decode, 2 seeds each): 2.5e-2; KL(fp32 || int8) per token
-    # <= 1.2e-4. Tolerance: 2x that. Real checkpoints have outlier channels, where per-row scales
-    # lose more: measure them with quantization_error before relying on it.
-    "int8": 5e-2,
+    # of 255 levels of its row's range (error <= max|w| / 254), and depending on the kernel this
+    # machine runs fastest (matvec.int8_linear) the activations are rounded too: to bf16, or to 255
+    # levels per row (int8-dynamic). Measured worst case on random weights in the 14m, 70m and 160m
+    # shapes, prefill and decode, 2 seeds, each kernel: 2.5e-2 with float activations, 3.9e-2 with
+    # int8 ones; KL(fp32 || int8) per token <= 2.7e-4. Tolerance: 2x the worst. Real checkpoints
+    # have outlier channels, where per-row scales lose more: measure them with quantization_error.
+    "int8": 8e-2,
 }
 
 

@@ -27,21 +27,37 @@ def test_rows_round_to_the_nearest_level():
     assert torch.all(q[3] == 0)
 
 
-@pytest.mark.parametrize("method", ["int8-dequant", "int8-pack"])
-@pytest.mark.parametrize("rows", [1, 8])
+def test_the_int8_kernel_is_never_given_an_unaligned_weight():
+    """aten._weight_int8pack_mm crashes the process on a weight that is not 64-byte aligned."""
+    q, scale = quantize_rows(torch.randn(96, 64))
+    storage = torch.empty(96 * 64 + 64, dtype=torch.int8)
+    offset = next(i for i in range(1, 64) if (storage.data_ptr() + i) % 64)
+    unaligned = storage[offset : offset + 96 * 64].view(96, 64).copy_(q)
+    x = torch.randn(3, 64)
+    assert unaligned.data_ptr() % 64
+    assert torch.equal(matvec.int8_pack(x, unaligned, scale, None), matvec.int8_dequant(x, unaligned, scale, None))
+
+
+@pytest.mark.parametrize("method", list(matvec.INT8_METHODS))
+@pytest.mark.parametrize("rows", [1, 8, 40])
 def test_every_int8_kernel_computes_the_dequantized_product(method, rows):
     g = torch.Generator().manual_seed(rows)
     w, bias, x = torch.randn(96, 64, generator=g), torch.randn(96, generator=g), torch.randn(2, rows, 64, generator=g)
     q, scale = quantize_rows(w)
     want = torch.nn.functional.linear(x, q.float() * scale[:, None], bias)
-    # int8-pack rounds the activations to bf16: its tolerance is bf16's.
-    tolerance = TOLERANCES["bfloat16"] if method == "int8-pack" else TOLERANCES["float32"]
+    # int8-pack rounds the activations to bf16 (bf16's tolerance); int8-dynamic rounds them to 255
+    # levels per row, like the weights (the int8 tolerance).
+    tolerance = {"int8-pack": TOLERANCES["bfloat16"], "int8-dynamic": INT8}.get(method, TOLERANCES["float32"])
     d = difference(method, matvec.INT8_METHODS[method](x, q, scale, bias), want)
     assert not d.over(tolerance), str(d)
 
 
+@pytest.mark.parametrize("method", list(matvec.INT8_METHODS))
 @pytest.mark.parametrize("size", ["14m", "70m"])
-def test_int8_model_within_its_tolerance_of_fp32(size):
+def test_int8_model_within_its_tolerance_of_fp32(size, method, monkeypatch):
+    """Whichever int8 kernel a machine picks (matvec.py), the model stays within the tolerance."""
+    monkeypatch.setattr(matvec, "_choices", {})
+    monkeypatch.setattr(matvec, "fastest", lambda x, w, b, scale=None: "linear" if scale is None else method)
     model = random_model(NeoXConfig.from_pythia(size), seed=0)
     ids = random_ids(model.config, batch=2, length=40)
     with torch.inference_mode():
@@ -70,6 +86,8 @@ def test_quantize_once_then_load_like_any_checkpoint(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 8
     loaded = load_folder(out)
     assert loaded.quantization == "int8" and loaded.provenance["quantization"] == "int8"
+    int8_weights = [b for b in loaded.buffers() if b.dtype == torch.int8]
+    assert int8_weights and all(b.data_ptr() % 64 == 0 for b in int8_weights)  # what the int8 kernel needs
     in_memory = load_folder(source).quantize("int8")
     ids = random_ids(loaded.config)
     with torch.inference_mode():
