@@ -142,17 +142,20 @@ def load_folder(
         config = config.replace(gelu=gelu)
     n, r = mesh.size(), mesh.get_local_rank()
     device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" else "cpu"
-    kind, files, _ = find_weight_files(folder)
-    stored = _stored_dtype(kind, files)
+    with torch.device("meta"):
+        model = GPTNeoX(config)
+    full_shapes = {name: t.shape for name, t in model.state_dict().items()}
+    # The checkpoint checked whole against the config, exactly as one process checks it (names,
+    # shapes, dtypes, shard index), from the headers and memory maps: no weight is read.
+    checked, files_read = read_state_dict(folder, full_shapes)
+    stored = checked["gpt_neox.embed_in.weight"].dtype
+    del checked  # unmaps the files
     target = (auto_dtype(device) if dtype == "auto" else to_torch_dtype(dtype)) or stored
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", n)) if str(device) == "cpu" else 1
     check_fits(config, target, n, str(device), ranks_here)  # also refuses an N that does not divide the heads
 
-    with torch.device("meta"):
-        model = GPTNeoX(config)
-    full_shapes = {name: t.shape for name, t in model.state_dict().items()}
     parallelize_module(model, mesh, parallel_styles(model))
-    local, bytes_read, files_read = read_local_weights(folder, full_shapes, r, n)
+    local, bytes_read = read_local_weights(folder, full_shapes, r, n)
     state = {}
     for name, param in model.state_dict().items():
         tensor = local[name].to(device=device, dtype=target)
@@ -179,31 +182,16 @@ def load_folder(
     return model.eval()
 
 
-def _stored_dtype(kind: str, files: list[Path]) -> torch.dtype:
-    if kind == "safetensors":
-        from safetensors import safe_open
-
-        from .checkpoint import SAFETENSORS_DTYPES
-
-        with safe_open(str(files[0]), framework="pt", device="cpu") as f:
-            name = next(iter(f.keys()))
-            return getattr(torch, SAFETENSORS_DTYPES.get(f.get_slice(name).get_dtype(), "float32"))
-    return next(iter_bin(files[0]))[1].dtype
-
-
 def read_local_weights(
     folder: Path, full_shapes: dict[str, torch.Size], rank: int, ranks: int
-) -> tuple[dict[str, torch.Tensor], int, list[str]]:
-    """This rank's slice of every weight ({name: tensor}), the bytes it copied out of the files, and
-    the files. The checkpoint is first checked whole against the config (read_state_dict: names,
-    shapes, dtypes, shard index; the weights are memory-mapped, nothing is read); then each slice is
-    copied out on its own, so only its pages are read.
+) -> tuple[dict[str, torch.Tensor], int]:
+    """This rank's slice of every weight ({name: tensor}) of a checkpoint already checked against
+    the config (read_state_dict), and the bytes it copied out of the files. Each slice is copied
+    out on its own, so only its pages are read.
 
     safetensors: safe_open(...).get_slice per tensor, opened and closed per tensor so that the
     mapped pages of one tensor leave this process's memory before the next is read.
     .bin: torch.load(mmap=True) per shard file, slices copied out, the file's mapping dropped."""
-    checked, files = read_state_dict(folder, full_shapes)
-    del checked  # unmaps the files
     kind, paths, weight_map = find_weight_files(folder)
     local: dict[str, torch.Tensor] = {}
     bytes_read = 0
@@ -230,4 +218,4 @@ def read_local_weights(
                 if name in full_shapes:
                     local[name] = piece(name, tensor, full_shapes[name]).clone(memory_format=torch.contiguous_format)
                     bytes_read += local[name].numel() * local[name].element_size()
-    return local, bytes_read, files
+    return local, bytes_read
