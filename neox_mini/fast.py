@@ -68,9 +68,11 @@ def attention(
     nh, hs = block_attn.num_heads, block_attn.head_size
     R = M.shape[-1]
     proj = block_attn.query_key_value
-    qkv = (linear(x, local(proj.weight), local(proj.bias)) if sharded else project(proj, x)).view(
-        B, T, nh, 3, hs
-    )  # [B, T, nh, 3, hs]: per-head layout
+    if sharded:
+        qkv = linear(x, local(proj.weight), local(proj.bias))  # [B, T, 3C/N]: this rank's heads
+    else:
+        qkv = project(proj, x)  # [B, T, 3C]
+    qkv = qkv.view(B, T, nh, 3, hs)  # [B, T, nh, 3, hs]: per-head layout
     # Rotate the first R dims of q and k (both at once) in place: [B, T, 2nh, R] @ [B, T, R, R].
     qk = qkv[:, :, :, :2, :R]  # [B, T, nh, 2, R]
     qkv[:, :, :, :2, :R] = (qk.reshape(B, T, 2 * nh, R) @ M).view(B, T, nh, 2, R)
