@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import find_weight_files, iter_bin, read_state_dict, to_torch_dtype
+from .checkpoint import find_weight_files, iter_bin, read_state_dict
 from .errors import ConfigError
 from .hub import resolve
-from .loading import auto_dtype, read_config, read_quantization
+from .loading import read_config, read_quantization, target_dtype, weights_provenance
 from .model import GPTNeoX, RotaryEmbedding
 from .plan import check_fits, split_dim
 
@@ -150,7 +150,7 @@ def load_folder(
     checked, files_read = read_state_dict(folder, full_shapes)
     stored = checked["gpt_neox.embed_in.weight"].dtype
     del checked  # unmaps the files
-    target = (auto_dtype(device) if dtype == "auto" else to_torch_dtype(dtype)) or stored
+    target = target_dtype(dtype, device, stored)
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", n)) if str(device) == "cpu" else 1
     check_fits(config, target, n, str(device), ranks_here)  # also refuses an N that does not divide the heads
 
@@ -172,10 +172,7 @@ def load_folder(
     model.shards, model.shard_group = n, mesh.get_group()
     model.rotary = RotaryEmbedding(config, device=device)
     model.provenance = {
-        "path": str(folder.resolve()),
-        "files": {f: os.path.getsize(f) for f in files_read},
-        "stored_dtype": str(stored).removeprefix("torch."),
-        "dtype": str(target).removeprefix("torch."),
+        **weights_provenance(folder, files_read, stored, target),
         "tensor_parallel": {"rank": r, "ranks": n, "bytes_read": bytes_read},
         **(provenance or {}),
     }

@@ -69,8 +69,9 @@ def load_folder(
 
     with torch.device("meta"):
         model = GPTNeoX(config)  # shapes only: no memory, no random initialisation
-        if read_quantization(folder):
-            model.quantize(read_quantization(folder))  # int8 layers, still without values
+        quantization = read_quantization(folder)
+        if quantization:
+            model.quantize(quantization)  # int8 layers, still without values
     assign_weights(model, folder, dtype=dtype, device=device, provenance=provenance)
     # The rotary tables are derived from the config, not loaded: build them on the target device
     # (they were created on the CPU along with the meta-device model).
@@ -82,6 +83,21 @@ def read_config(folder: Path) -> NeoXConfig:
     """The folder's config.json (refused when it links outside the folder)."""
     inside_folder(folder / "config.json", folder)
     return NeoXConfig.from_hf(folder)
+
+
+def target_dtype(dtype: torch.dtype | str | None, device: torch.device | str, stored: torch.dtype) -> torch.dtype:
+    """The dtype a model is loaded in: `dtype` ("auto": auto_dtype), else the one stored."""
+    return (auto_dtype(device) if dtype == "auto" else to_torch_dtype(dtype)) or stored
+
+
+def weights_provenance(folder: Path, files: list[str], stored: torch.dtype, target: torch.dtype) -> dict:
+    """What every loaded model's `provenance` starts with: the folder, its weight files, the dtypes."""
+    return {
+        "path": str(folder.resolve()),
+        "files": {f: os.path.getsize(f) for f in files},
+        "stored_dtype": str(stored).removeprefix("torch."),
+        "dtype": str(target).removeprefix("torch."),
+    }
 
 
 def auto_dtype(device: torch.device | str = "cpu") -> torch.dtype | None:
@@ -127,12 +143,12 @@ def assign_weights(
     model's names and shapes, cast to dtype (default: as stored), assigned without a copy when
     nothing is cast (memory-mapped), and recorded in model.provenance. The sweeps call this once
     per revision on the same model."""
-    expected = {name: t.shape for name, t in model.state_dict().items()}
-    int8 = frozenset(name for name, t in model.state_dict().items() if t.dtype == torch.int8)
+    tensors = model.state_dict()
+    expected = {name: t.shape for name, t in tensors.items()}
+    int8 = frozenset(name for name, t in tensors.items() if t.dtype == torch.int8)
     state, files = read_state_dict(folder, expected, int8)
     stored_dtype = state["gpt_neox.embed_in.weight"].dtype
-    target = auto_dtype(device) if dtype == "auto" else to_torch_dtype(dtype) or stored_dtype
-    target = target or stored_dtype
+    target = target_dtype(dtype, device, stored_dtype)
     if target != stored_dtype or torch.device(device).type != "cpu":
         # The weights will be copied (cast, or moved to a GPU): refuse now if they cannot fit, rather
         # than be killed halfway. Uncast on the CPU they stay memory-mapped file pages.
@@ -146,10 +162,7 @@ def assign_weights(
             state[name] = state[name].clone()
     model.load_state_dict(state, strict=True, assign=True)
     model.provenance = {
-        "path": str(folder.resolve()),
-        "files": {f: os.path.getsize(f) for f in files},
-        "stored_dtype": str(stored_dtype).removeprefix("torch."),
-        "dtype": str(target).removeprefix("torch."),
+        **weights_provenance(folder, files, stored_dtype, target),
         **({"quantization": model.quantization} if model.quantization else {}),
         **(provenance or {}),
     }

@@ -46,12 +46,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // x.shape[-1]
     if rows > MAX_ROWS or weight.device.type != "cpu":
         return F.linear(x, weight, bias)
-    key = choice_key(weight.dtype, weight.shape, rows)
-    choices = load_choices()
-    method = choices.get(key)
-    if method is None:
-        method = choices[key] = fastest(x, weight, bias)
-        save_choices()
+    method = chosen(choice_key(weight.dtype, weight.shape, rows), lambda: fastest(x, weight, bias))
     return METHODS[method](x, weight, bias)
 
 
@@ -66,12 +61,17 @@ def int8_linear(
     # int8 weights, x.dtype activations; products of more than MAX_ROWS rows (prefill) share one
     # choice, measured on the first of them.
     key = "int8 " + choice_key(x.dtype, weight.shape, rows if rows <= MAX_ROWS else f">{MAX_ROWS}")
-    choices = load_choices()
-    method = choices.get(key)
-    if method is None:
-        method = choices[key] = fastest(x, weight, bias, scale)
-        save_choices()
+    method = chosen(key, lambda: fastest(x, weight, bias, scale))
     return INT8_METHODS[method](x, weight, scale, bias)
+
+
+def chosen(key: str, measure) -> str:
+    """The method kept for `key`; on its first use, measure() picks it and the file is updated."""
+    choices = load_choices()
+    if key not in choices:
+        choices[key] = measure()
+        save_choices()
+    return choices[key]
 
 
 def int8_dequant(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -98,15 +98,22 @@ def int8_dynamic(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
     int8 x int8 -> int32 product (torch._int_mm, VNNI / AMX where the CPU has them); the result
     is rescaled by both scales. Adds the activations' rounding to the weights'."""
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
-    x32 = x.reshape(rows, I).float()  # [rows, I]
-    x_scale = x32.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # [rows, 1]
-    xq = torch.round(x32 / x_scale).clamp_(-127, 127).to(torch.int8)  # [rows, I]
-    y = torch._int_mm(xq, weight.t()).float().mul_(x_scale).mul_(scale.float())  # [rows, O]
+    xq, x_scale = quantize_rows(x.reshape(rows, I).float())  # [rows, I] int8, [rows] fp32
+    y = torch._int_mm(xq, weight.t()).float().mul_(x_scale[:, None]).mul_(scale.float())  # [rows, O]
     y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
     return y if bias is None else y.add_(bias)
 
 
 INT8_METHODS = {"int8-dequant": int8_dequant, "int8-pack": int8_pack, "int8-dynamic": int8_dynamic}
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[O, I] float -> (int8 [O, I], scale [O] in w's dtype): symmetric, one scale per row, so that
+    w ~= q * scale[:, None]. The weights' quantization (quantize.py) and the activations' here."""
+    w32 = w.float()
+    scale = w32.abs().amax(dim=1).clamp(min=1e-12) / 127  # [O]; an all-zero row keeps a finite scale
+    q = torch.round(w32 / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # [O, I]
+    return q, scale.to(w.dtype)
 
 
 def by_split(k: int):

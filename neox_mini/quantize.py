@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .matvec import int8_linear
+from .matvec import int8_linear, quantize_rows
 
 METHODS = ("int8",)
 
@@ -62,14 +62,6 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
-
-
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[O, I] float -> (int8 [O, I], scale [O] in w's dtype): symmetric, one scale per row."""
-    w32 = w.float()
-    scale = w32.abs().amax(dim=1).clamp(min=1e-12) / 127  # [O]; an all-zero row keeps a finite scale
-    q = torch.round(w32 / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # [O, I]
-    return q, scale.to(w.dtype)
 
 
 def quantize_model(model: nn.Module, method: str = "int8") -> nn.Module:
