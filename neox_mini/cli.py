@@ -138,6 +138,12 @@ def add_generate_parser(sub) -> None:
     add_model_options(p, "fp32, bf16 or fp16 (default: fp32 on CPU, the stored dtype on a GPU)")
     add_quantize_option(p)
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode through torch.compile: tens of seconds to compile the first time (cached after), "
+        "faster per token after; see docs/performance.md",
+    )
+    p.add_argument(
         "-n",
         "--max-new-tokens",
         type=non_negative_int,
@@ -182,6 +188,7 @@ def unescape(text: str) -> str:
 
 
 def cmd_generate(args) -> int:
+    from . import distributed
     from .generation import check_sampling_args, stream_text
     from .tokenizer import EOS_ID
 
@@ -204,10 +211,16 @@ def cmd_generate(args) -> int:
     stops = [unescape(s) for s in args.stop]
     if "" in stops:
         raise ValueError("--stop needs a non-empty text")
+    if args.compile and distributed.world_size() > 1:
+        raise ValueError("--compile with tensor parallelism is not supported: use one or the other")
     model = model_from_args(args)
     tokenizer = tokenizer_from_args(args, model)
     ids = tokenizer.encode(prompt, bos=args.bos)
     echo_from = 1 if args.bos else 0  # the --bos token is not echoed
+    if args.compile:
+        from .fast import compile_decode
+
+        print(f"compiled the decode step in {compile_decode(model):.1f} s", file=sys.stderr)
 
     context, n = model.config.max_position_embeddings, args.max_new_tokens
     if len(ids) + n > context:

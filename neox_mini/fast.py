@@ -26,12 +26,15 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
 
 from __future__ import annotations
 
+import os
+import time
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .matvec import linear
-from .model import GPTNeoX, KVCache, attention_allowed, rotate_half
+from .matvec import cache_root, linear
+from .model import GPTNeoX, attention_allowed, rotate_half, write_kv
 from .quantize import Int8Linear
 
 
@@ -58,10 +61,12 @@ def attention(
     mask: torch.Tensor | None,
     is_causal: bool,
     start_pos: int,
+    kv: tuple[torch.Tensor, torch.Tensor] | None,
     sharded: bool = False,
 ) -> torch.Tensor:
     """model.Attention.forward with the same weights and cache: [B, T, C] -> [B, T, C].
 
+    kv: the layer's KV cache buffers (KVCache.k, .v), or None without a cache.
     sharded: the weights are this rank's share (tensor parallelism): nh is this rank's heads, and
     the result is this rank's partial sum of the output, without `dense`'s bias."""
     B, T, _ = x.shape
@@ -78,9 +83,8 @@ def attention(
     qkv[:, :, :, :2, :R] = (qk.reshape(B, T, 2 * nh, R) @ M).view(B, T, nh, 2, R)
     q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each [B, nh, T, hs] (strided views)
 
-    cache: KVCache | None = block_attn.kv_cache
-    if cache is not None:
-        k, v = cache.update(start_pos, k, v)  # each [B, nh, S, hs]
+    if kv is not None:
+        k, v = write_kv(*kv, start_pos, k, v)  # each [B, nh, S, hs]
     # One fused kernel: scores, mask, fp32-accumulated softmax, weighted sum of values.
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # [B, nh, T, hs]
     y = y.transpose(1, 2).reshape(B, T, nh * hs)  # [B, T, C] (this rank's C / N when sharded)
@@ -116,7 +120,7 @@ def local(weight: torch.Tensor) -> torch.Tensor:
 
 
 def block_forward(
-    block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int
+    block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int, kv
 ) -> torch.Tensor:
     ln1, ln2 = block.input_layernorm, block.post_attention_layernorm
     attn_out = attention(
@@ -126,6 +130,7 @@ def block_forward(
         mask,
         is_causal,
         start_pos,
+        kv,
     )  # [B, T, C]
     if block.use_parallel_residual:
         h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
@@ -136,7 +141,7 @@ def block_forward(
 
 
 def block_forward_sharded(
-    block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int, group
+    block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int, kv, group
 ) -> torch.Tensor:
     """block_forward with this rank's share of the weights: attention and MLP each give a partial sum
     of their output; all-reduced over the ranks, then the (replicated) biases are added once. With
@@ -144,7 +149,7 @@ def block_forward_sharded(
     ln1, ln2 = block.input_layernorm, block.post_attention_layernorm
     attn_bias, mlp_bias = local(block.attention.dense.bias), local(block.mlp.dense_4h_to_h.bias)
     h = F.layer_norm(x, ln1.weight.shape, ln1.weight, ln1.bias, ln1.eps)  # [B, T, C]
-    attn_out = attention(block.attention, h, M, mask, is_causal, start_pos, sharded=True)  # [B, T, C], partial
+    attn_out = attention(block.attention, h, M, mask, is_causal, start_pos, kv, sharded=True)  # [B, T, C], partial
     if block.use_parallel_residual:
         h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
         partial = attn_out + mlp(block.mlp, h, sharded=True)  # [B, T, C]
@@ -217,6 +222,33 @@ def forward(
     checked=True skips the input checks, for a caller that has already made them: checking the
     token ids reads them back from the device (a host synchronisation, which on a GPU stalls every
     decoded token), and generate feeds back only ids it sampled itself."""
+    return forward_body(
+        model,
+        input_ids,
+        start_pos=start_pos,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        last_token_only=last_token_only,
+        checked=checked,
+    )
+
+
+def forward_body(
+    model: GPTNeoX,
+    input_ids: torch.Tensor,
+    *,
+    start_pos: int = 0,
+    position_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    last_token_only: bool = False,
+    checked: bool = False,
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """forward without its inference_mode decorator, which torch.compile does not trace through.
+
+    kv_caches: every layer's KV cache buffers, as `kv_caches(model)` lists them (the default). The
+    compiled decode step takes them as an argument: dynamo fixes the shape of a module's buffers,
+    so read from the modules, every new cache length would compile the step again."""
     if model.hooked:  # hooks attached: they live in the readable forward, so run that one
         return model(
             input_ids,
@@ -241,11 +273,13 @@ def forward(
     # Whether the mask hides anything: read back from the device (a sync) unless the caller knows.
     has_padding = checked or attention_mask is None or not bool(attention_mask[:, :S].all())
     mask, is_causal = attention_mask_for_sdpa(start_pos, T, attention_mask, x.dtype, x.device, has_padding)
-    for block in model.gpt_neox.layers:
+    if kv_caches is None:
+        kv_caches = layer_kv_caches(model)
+    for block, kv in zip(model.gpt_neox.layers, kv_caches, strict=True):
         if group is None:
-            x = block_forward(block, x, M, mask, is_causal, start_pos)  # [B, T, C]
+            x = block_forward(block, x, M, mask, is_causal, start_pos, kv)  # [B, T, C]
         else:
-            x = block_forward_sharded(block, x, M, mask, is_causal, start_pos, group)  # [B, T, C]
+            x = block_forward_sharded(block, x, M, mask, is_causal, start_pos, kv, group)  # [B, T, C]
     if last_token_only:
         x = x[:, -1:, :]  # [B, 1, C]
     ln = model.gpt_neox.final_layer_norm
@@ -253,3 +287,84 @@ def forward(
     if group is None:
         return project(model.embed_out, x)  # [B, T, V]
     return logits_sharded(x, local(model.embed_out.weight), group)  # [B, T, V]
+
+
+def layer_kv_caches(model: GPTNeoX) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    """Each layer's KV cache buffers (k, v), or None for a layer without a cache."""
+    caches = [block.attention.kv_cache for block in model.gpt_neox.layers]
+    return [None if cache is None else (cache.k, cache.v) for cache in caches]
+
+
+# ----------------------------------------------------------------------------- torch.compile, opt-in
+
+_compiled_forward = None  # torch.compile(forward_body), made on first use (importing the compiler costs ~1 s)
+
+
+def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
+    """From now on, run the model's decode steps (one token per row, `decode`) through torch.compile;
+    returns the seconds spent compiling them, done here rather than inside the first generation.
+
+    What it buys: the ~15 small operations per layer around the products (layer norms, rotary,
+    attention, GELU, residual adds) become a few fused loops, which matters most where decoding is
+    bound by the cost per operation (pythia-14m), little where it is bound by streaming the weights.
+    The products stay opaque calls by the method measured fastest here (matvec.py).
+
+    Compiling takes tens of seconds the first time. Inductor keeps what it built in
+    $TORCHINDUCTOR_CACHE_DIR (default: $NEOX_MINI_CACHE/inductor), so a later process with the same
+    model shape, dtype and batch size takes a fraction of it. The warm-up compiles for `batch_size`
+    rows; another batch size compiles once more when it first occurs, and so does a step that
+    writes the cache's last slot (generate never does: the last token it samples is not fed back).
+    Prefill is not compiled: its length changes with every prompt, and its time is in the products
+    already."""
+    global _compiled_forward
+    if model.shard_group is not None:
+        raise ValueError("compile_decode does not support tensor parallelism: its collectives run outside the compiler")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    start = time.perf_counter()
+    if _compiled_forward is None:
+        _compiled_forward = torch.compile(forward_body)
+    model.compiled_decode = True
+    device = model.gpt_neox.final_layer_norm.weight.device
+    kept = [block.attention.kv_cache for block in model.gpt_neox.layers]
+    # Under inference_mode, as generate runs: the graph's guards tell its tensors from plain ones.
+    try:
+        with torch.inference_mode():
+            token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # [B, 1]
+            # Two steps that differ in position and cache length: the second compile makes both
+            # variables of the graph, so no later generation compiles again. generate passes each
+            # row's position (left padding shifts them), so the warm-up does too.
+            for pos, length in ((1, 4), (2, 5)):
+                model.setup_kv_cache(batch_size, length)
+                decode(model, token, pos, position_ids=torch.full_like(token, pos))
+    except BaseException:
+        model.compiled_decode = False  # a failed compile leaves the model as it was
+        raise
+    finally:
+        for block, cache in zip(model.gpt_neox.layers, kept, strict=True):
+            block.attention.kv_cache = cache
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def decode(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> torch.Tensor:
+    """One decode step, [B, 1] ids at sequence index pos -> logits [B, 1, V]: forward(..., checked=True),
+    compiled when compile_decode has been called for this model."""
+    if not model.compiled_decode:
+        return forward_body(model, token, start_pos=pos, checked=True, **forward_kwargs)
+    # Fresh [B, 1] tensors: the compiled graph is guarded on strides, and a column of a [B, total]
+    # tensor (generate's positions) has strides that change with every prompt length.
+    token = token.clone(memory_format=torch.contiguous_format)
+    position_ids = forward_kwargs.pop("position_ids", None)
+    if position_ids is None:  # one graph, whether or not the caller gives positions
+        position_ids = torch.full_like(token, pos)  # [B, 1]: forward's default for one token
+    else:
+        position_ids = position_ids.clone(memory_format=torch.contiguous_format)
+    return _compiled_forward(
+        model,
+        token,
+        start_pos=pos,
+        checked=True,
+        position_ids=position_ids,
+        kv_caches=layer_kv_caches(model),
+        **forward_kwargs,
+    )

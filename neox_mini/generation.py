@@ -47,8 +47,9 @@ def prefill(model: GPTNeoX, input_ids: torch.Tensor, **forward_kwargs) -> torch.
 @torch.inference_mode()
 def decode_one_token(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> torch.Tensor:
     """Logits after feeding one token per row ([B, 1] at sequence index pos) -> [B, V]. The ids come
-    from sample() and the position from the loop, so the input checks (a host sync each) are skipped."""
-    return fast.forward(model, token, start_pos=pos, checked=True, **forward_kwargs)[:, -1]  # [B, V]
+    from sample() and the position from the loop, so the input checks (a host sync each) are skipped;
+    compiled after fast.compile_decode."""
+    return fast.decode(model, token, pos, **forward_kwargs)[:, -1]  # [B, V]
 
 
 def mask_padded_vocab(logits: torch.Tensor, vocab_limit: int) -> torch.Tensor:

@@ -43,6 +43,11 @@ _choices: dict[str, str] | None = None  # key -> method, loaded from the file on
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias): [..., I] -> [..., O], by this machine's fastest method."""
+    if torch.compiler.is_compiling():
+        # Inductor's own product (a library call, as F.linear is here), not the choice measured on
+        # this machine: an opaque call would cost ~40 us in Python per product, more than a small
+        # model's whole product. The choice matters most for bf16 (docs/performance.md).
+        return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
     if rows > MAX_ROWS or weight.device.type != "cpu":
         return F.linear(x, weight, bias)
@@ -55,6 +60,8 @@ def int8_linear(
 ) -> torch.Tensor:
     """F.linear(x, weight * scale[:, None], bias) for int8 weights [O, I] with per-row scales [O]
     (quantize.py): [..., I] -> [..., O] in x's dtype, by this machine's fastest method for few rows."""
+    if torch.compiler.is_compiling():
+        return int8_linear_op(x, weight, scale, bias)
     rows = x.numel() // x.shape[-1]
     if weight.device.type != "cpu":
         return int8_dequant(x, weight, scale, bias)
@@ -63,6 +70,22 @@ def int8_linear(
     key = "int8 " + choice_key(x.dtype, weight.shape, rows if rows <= MAX_ROWS else f">{MAX_ROWS}")
     method = chosen(key, lambda: fastest(x, weight, bias, scale))
     return INT8_METHODS[method](x, weight, scale, bias)
+
+
+# Inside torch.compile (fast.compile_decode) an int8 product is one opaque operator: inductor fuses
+# the small operations around it, and the product still runs by the method chosen on this machine.
+# Left to itself, inductor writes its own loop for it, which made a compiled 160m int8 decode step
+# twice as slow as the uncompiled one (docs/performance.md).
+@torch.library.custom_op("neox_mini::int8_linear", mutates_args=())
+def int8_linear_op(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return int8_linear(x, weight, scale, bias)
+
+
+@int8_linear_op.register_fake
+def _(x, weight, scale, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])  # [..., O]
 
 
 def chosen(key: str, measure) -> str:
@@ -167,9 +190,13 @@ def choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int | str) -> s
     return f"{str(dtype).removeprefix('torch.')} {O}x{I} rows={rows} threads={torch.get_num_threads()}"
 
 
+def cache_root() -> Path:
+    """Where what is measured or built once per machine is kept: $NEOX_MINI_CACHE, default ~/.cache/neox_mini."""
+    return Path(os.environ.get("NEOX_MINI_CACHE") or Path.home() / ".cache" / "neox_mini")
+
+
 def cache_file() -> Path:
-    root = os.environ.get("NEOX_MINI_CACHE") or Path.home() / ".cache" / "neox_mini"
-    return Path(root) / "matvec.json"
+    return cache_root() / "matvec.json"
 
 
 def machine() -> str:

@@ -132,10 +132,17 @@ class KVCache(nn.Module):
 
     def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v ([B, nh, T, hs]) at positions start_pos.., return all keys/values so far ([B, nh, S, hs])."""
-        end = start_pos + k.shape[2]
-        self.k[:, :, start_pos:end] = k
-        self.v[:, :, start_pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return write_kv(self.k, self.v, start_pos, k, v)
+
+
+def write_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, start_pos: int, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KVCache.update on the buffers themselves (fast.py's compiled step is given them directly)."""
+    end = start_pos + k.shape[2]
+    k_cache[:, :, start_pos:end] = k  # [B, nh, T, hs] into [B, nh, max_seq_len, hs]
+    v_cache[:, :, start_pos:end] = v
+    return k_cache[:, :, :end], v_cache[:, :, :end]  # each [B, nh, S, hs]
 
 
 # ----------------------------------------------------------------------------- attention
@@ -276,6 +283,7 @@ class GPTNeoX(nn.Module):
         self.shards = 1
         self.shard_group = None
         self.quantization: str | None = None  # "int8" once quantize() has run
+        self.compiled_decode = False  # decode steps through torch.compile (fast.compile_decode)
 
     # -- KV cache, allocated explicitly --------------------------------------------------------
 

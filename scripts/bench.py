@@ -40,6 +40,11 @@ of --runs runs with min-max, and the ratio neox / transformers:
             (parity.quantization_error). With --ct2-python, also against ctranslate2 (float32
             and int8) on the same checkpoint, converted once by ct2-transformers-converter in
             that interpreter.
+  compile   decode tok/s (batch 1) with the decode step compiled (fast.compile_decode, --compile),
+            fp32 and int8, vs transformers fp32, next to the same model uncompiled (alternating,
+            in-process) and the seconds compile_decode took (a first compile, or one read from
+            inductor's cache in $NEOX_MINI_CACHE/inductor: the label says which). With
+            --ct2-python, also against ctranslate2 float32 / int8.
   eval      lm-evaluation-harness on neox_mini.lm_eval.example_tasks (one task per request type)
             with the neox_mini model vs lm-eval's own `--model hf`, on a random 70m-shape
             checkpoint: seconds of simple_evaluate (task loading included) and peak RSS, each run
@@ -218,6 +223,34 @@ def bench_decode(neox, hf, batch: int, runs: int, new_tokens: int) -> dict:
     values = alternate({"neox": run_neox, "hf": run_hf}, runs)
     same = torch.equal(outs["neox"], outs["hf"])
     return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "same_tokens": same}
+
+
+def bench_compiled(neox, hf, runs: int, new_tokens: int) -> dict:
+    """Decode with the step compiled (fast.compile_decode) vs transformers, and vs the same model
+    uncompiled, all alternating."""
+    from neox_mini import fast, generate
+    from neox_mini.matvec import cache_root
+
+    inductor = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or cache_root() / "inductor")
+    cached = inductor.is_dir() and any(inductor.iterdir())
+    compile_seconds = fast.compile_decode(neox)
+    r = bench_decode(neox, hf, 1, runs, new_tokens)
+    ids = torch.randint(0, 50000, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+
+    def run(compiled: bool):
+        def go():
+            neox.compiled_decode = compiled
+            generate(neox, ids, new_tokens, vocab_limit=neox.config.vocab_size)
+
+        return new_tokens / timed(go)
+
+    values = alternate({"compiled": lambda: run(True), "eager": lambda: run(False)}, runs)
+    neox.compiled_decode = True
+    r["uncompiled"] = summary(values["eager"])
+    r["compiled_again"] = summary(values["compiled"])
+    r["compile_seconds"] = compile_seconds
+    r["inductor_cache_had_files"] = cached
+    return r
 
 
 def int8_error(fp32, int8) -> dict:
@@ -712,6 +745,9 @@ def environment(threads: int) -> dict:
     }
 
 
+KINDS = ["matvec", "decode", "prefill", "int8", "compile", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -726,8 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["matvec", "decode", "prefill", "int8", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"],
-        default=["matvec", "decode", "prefill", "int8", "cold", "rss", "cache", "hooks", "sweep", "eval", "tp"],
+        choices=KINDS,
+        default=KINDS,
     )
     p.add_argument("--runs", type=int, help="measured runs per number (default 5, --quick 3; at least 3)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -896,6 +932,36 @@ def main(argv: list[str] | None = None) -> int:
                         ">= 1.0x ctranslate2 int8",
                     )
                 del neox8, hf
+            if "compile" in a.only and dtype == "fp32":
+                for quantization in (None, "int8"):
+                    neox, hf = load_both(folder, dtype)
+                    if quantization:
+                        neox.quantize(quantization)
+                    r = bench_compiled(neox, hf, runs, NEW_TOKENS)
+                    kind = quantization or dtype
+                    ct2 = ""
+                    if a.ct2_python:
+                        compute = "int8" if quantization else "float32"
+                        rates = ct2_rates(a.ct2_python, folder, compute, "decode", runs, a.threads)
+                        r[f"ct2_{compute}"] = summary(rates)
+                        theirs = r[f"ct2_{compute}"]["median"]
+                        ct2 = f"; ctranslate2 {compute} {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
+                    gain = r["compiled_again"]["median"] / r["uncompiled"]["median"]
+                    origin = "from the cache" if r["inductor_cache_had_files"] else "first"
+                    record(
+                        "compile",
+                        size,
+                        kind,
+                        {},
+                        r,
+                        f"{size} {kind} decode tok/s, batch 1, compiled, vs transformers fp32 (uncompiled "
+                        f"{r['uncompiled']['median']:.0f}: compiled = {gain:.2f}x; compile "
+                        f"{r['compile_seconds']:.0f} s, {origin}"
+                        f"{ct2})" + ("" if r["same_tokens"] or quantization else " (tokens differ!)"),
+                        0,
+                        ">= 1.3x" if not quantization else ">= 1.0x ctranslate2 int8",
+                    )
+                    del neox, hf
             if "cache" in a.only and dtype == "fp32" and size in ("70m", "160m"):
                 neox, hf_eager = checkpoint_models(folder, dtype)
                 for T in (512, 2048):

@@ -1,0 +1,83 @@
+"""The opt-in compiled decode step (fast.compile_decode) computes what the uncompiled one does.
+
+fp32: the same logits at the fp32 tolerance step by step, and identical greedy tokens; int8: within
+the int8 tolerance of the uncompiled int8 model. The warm-up must leave nothing to compile for a
+new prompt length or cache length (dynamo is told to fail on a recompile). No timing is asserted
+here (scripts/bench.py --only compile measures it). Compiling costs ~10 s the first time per test
+process; the compiled code lands in this session's own cache folder (conftest.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import random_ids, tiny
+
+from neox_mini import fast, generate
+from neox_mini.parity import TOLERANCES, difference
+from neox_mini.synthetic import random_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny model with its decode step compiled for one row."""
+    torch._dynamo.reset()  # compiled graphs of other tests' models do not count against the cache limit
+    model = random_model(tiny(), seed=3)
+    seconds = fast.compile_decode(model, batch_size=1)
+    assert model.compiled_decode and seconds > 0
+    return model
+
+
+@torch.inference_mode()
+def decode_logits(model, ids: torch.Tensor, compiled: bool) -> torch.Tensor:
+    """Teacher-forced decoding: prefill ids[:, :4], then feed ids[:, 4:] one at a time -> [B, T - 4, V].
+    Under inference_mode, as generate decodes (the graph is guarded on it)."""
+    ids = ids.clone()  # an inference tensor, as generate's sampled tokens are
+    model.compiled_decode = compiled
+    try:
+        model.setup_kv_cache(ids.shape[0], ids.shape[1] + 1)  # a slot to spare, as generate has
+        fast.forward(model, ids[:, :4])
+        steps = [fast.decode(model, ids[:, pos : pos + 1], pos) for pos in range(4, ids.shape[1])]
+        return torch.cat(steps, 1)
+    finally:
+        model.compiled_decode = True
+        model.clear_kv_cache()
+
+
+def test_same_logits_and_no_recompile(model):
+    ids = random_ids(model.config, batch=1, length=30, seed=1)
+    eager = decode_logits(model, ids, compiled=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # the warm-up covered every position and length
+        compiled = decode_logits(model, ids, compiled=True)
+        shorter = decode_logits(model, ids[:, :11], compiled=True)
+    d = difference("decode logits", compiled, eager)
+    assert d.rel_error <= TOLERANCES["float32"], d
+    d = difference("decode logits, shorter cache", shorter, eager[:, :7])
+    assert d.rel_error <= TOLERANCES["float32"], d
+
+
+def test_greedy_tokens_identical(model):
+    ids = random_ids(model.config, batch=1, length=9, seed=2)
+    compiled = generate(model, ids, 24, vocab_limit=model.config.vocab_size)
+    model.compiled_decode = False
+    try:
+        eager = generate(model, ids, 24, vocab_limit=model.config.vocab_size)
+    finally:
+        model.compiled_decode = True
+    assert torch.equal(compiled, eager)
+
+
+def test_int8_within_int8_tolerance():
+    model = random_model(tiny(), seed=4).quantize("int8")
+    fast.compile_decode(model)
+    ids = random_ids(model.config, batch=1, length=20, seed=3)
+    d = difference("int8 decode logits", decode_logits(model, ids, True), decode_logits(model, ids, False))
+    assert d.rel_error <= TOLERANCES["int8"], d
+
+
+def test_tensor_parallel_refused():
+    model = random_model(tiny(), seed=5)
+    model.shard_group = object()  # as distributed.py leaves a split model
+    with pytest.raises(ValueError, match="tensor parallelism"):
+        fast.compile_decode(model)
+    assert not model.compiled_decode
