@@ -125,6 +125,21 @@ def test_greedy_in_process_and_stop_string(run, tiny, hf_greedy):
     assert result.stdout == hf_greedy[: hf_greedy.index(stop)] + "\n"
 
 
+def test_compiled_greedy_prints_the_same(run, tiny, hf_greedy, monkeypatch):
+    """--compile: the same text, and the compile time on stderr. In-process, so the compiled graph
+    of this tiny model is the only one; refused before loading under torchrun."""
+    import torch
+
+    torch._dynamo.reset()
+    result = run("generate", "--greedy", "--compile", "-n", "40", "--model", str(tiny), "Hello, I am")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == hf_greedy + "\n"
+    assert "compiled the decode step in" in result.stderr
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = run("generate", "--compile", "--model", str(tiny / "missing"), "Hello")
+    assert_error(result, "--compile with tensor parallelism is not supported")
+
+
 def test_seeded_sampling_is_reproducible(run, tiny):
     args = [
         "generate",
