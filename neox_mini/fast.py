@@ -215,40 +215,17 @@ def forward(
     attention_mask: torch.Tensor | None = None,
     last_token_only: bool = False,
     checked: bool = False,
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> torch.Tensor:
     """What `model(input_ids, ...)` returns (logits [B, T, V], or [B, 1, V] with last_token_only),
     computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states).
 
     checked=True skips the input checks, for a caller that has already made them: checking the
     token ids reads them back from the device (a host synchronisation, which on a GPU stalls every
-    decoded token), and generate feeds back only ids it sampled itself."""
-    return forward_body(
-        model,
-        input_ids,
-        start_pos=start_pos,
-        position_ids=position_ids,
-        attention_mask=attention_mask,
-        last_token_only=last_token_only,
-        checked=checked,
-    )
-
-
-def forward_body(
-    model: GPTNeoX,
-    input_ids: torch.Tensor,
-    *,
-    start_pos: int = 0,
-    position_ids: torch.Tensor | None = None,
-    attention_mask: torch.Tensor | None = None,
-    last_token_only: bool = False,
-    checked: bool = False,
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> torch.Tensor:
-    """forward without its inference_mode decorator, which torch.compile does not trace through.
-
-    kv_caches: every layer's KV cache buffers, as `kv_caches(model)` lists them (the default). The
-    compiled decode step takes them as an argument: dynamo fixes the shape of a module's buffers,
-    so read from the modules, every new cache length would compile the step again."""
+    decoded token), and generate feeds back only ids it sampled itself.
+    kv_caches: every layer's KV cache buffers, as `layer_kv_caches(model)` lists them (the default).
+    The compiled decode step takes them as an argument: dynamo fixes the shape of a module's
+    buffers, so read from the modules, every new cache length would compile the step again."""
     if model.hooked:  # hooks attached: they live in the readable forward, so run that one
         return model(
             input_ids,
@@ -297,7 +274,7 @@ def layer_kv_caches(model: GPTNeoX) -> list[tuple[torch.Tensor, torch.Tensor] | 
 
 # ----------------------------------------------------------------------------- torch.compile, opt-in
 
-_compiled_forward = None  # torch.compile(forward_body), made on first use (importing the compiler costs ~1 s)
+_compiled_forward = None  # torch.compile(forward), made on first use (importing the compiler costs ~1 s)
 
 
 def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
@@ -307,7 +284,8 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
     What it buys: the ~15 small operations per layer around the products (layer norms, rotary,
     attention, GELU, residual adds) become a few fused loops, which matters most where decoding is
     bound by the cost per operation (pythia-14m), little where it is bound by streaming the weights.
-    The products stay opaque calls by the method measured fastest here (matvec.py).
+    The float products are inductor's library calls (as F.linear's); the int8 ones stay opaque calls
+    to the kernel measured fastest here (matvec.py).
 
     Compiling takes tens of seconds the first time. Inductor keeps what it built in
     $TORCHINDUCTOR_CACHE_DIR (default: $NEOX_MINI_CACHE/inductor), so a later process with the same
@@ -322,7 +300,9 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
     start = time.perf_counter()
     if _compiled_forward is None:
-        _compiled_forward = torch.compile(forward_body)
+        # forward without its inference_mode decorator, which dynamo does not trace through; the
+        # compiled step is called inside inference_mode all the same (decode).
+        _compiled_forward = torch.compile(forward.__wrapped__)
     model.compiled_decode = True
     device = model.gpt_neox.final_layer_norm.weight.device
     kept = [block.attention.kv_cache for block in model.gpt_neox.layers]
@@ -350,7 +330,7 @@ def decode(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> t
     """One decode step, [B, 1] ids at sequence index pos -> logits [B, 1, V]: forward(..., checked=True),
     compiled when compile_decode has been called for this model."""
     if not model.compiled_decode:
-        return forward_body(model, token, start_pos=pos, checked=True, **forward_kwargs)
+        return forward(model, token, start_pos=pos, checked=True, **forward_kwargs)
     # Fresh [B, 1] tensors: the compiled graph is guarded on strides, and a column of a [B, total]
     # tensor (generate's positions) has strides that change with every prompt length.
     token = token.clone(memory_format=torch.contiguous_format)
