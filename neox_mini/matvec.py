@@ -30,6 +30,8 @@ import json
 import os
 import platform
 import time
+import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -127,7 +129,79 @@ def int8_dynamic(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
     return y if bias is None else y.add_(bias)
 
 
-INT8_METHODS = {"int8-dequant": int8_dequant, "int8-pack": int8_pack, "int8-dynamic": int8_dynamic}
+def int8_fbgemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """fbgemm's dynamically quantized product (torch.ops.quantized.linear_dynamic, the kernel behind
+    torch.ao's dynamic quantization): the kernel quantizes the activations itself, to uint8 with one
+    scale and zero point for the whole input, and multiplies with the weight packed once into
+    fbgemm's layout (fbgemm_packed). One scale for the whole input is one scale per row only when
+    there is one row, so this is a candidate for single-row products only (int8_candidates). On
+    a CPU without VNNI the kernel's u8 x s8 pair sums can saturate 16 bits unless the activations
+    keep 7 bits (reduce_range), which costs accuracy; with VNNI they keep all 8."""
+    if weight.is_inference() or scale.is_inference():
+        # Made under inference_mode: no version counter tells an edited weight from the one packed
+        # (Int8Linear makes plain tensors even there), so no packed copy is kept for it.
+        return int8_dynamic(x, weight, scale, bias)
+    rows, I = x.numel() // x.shape[-1], x.shape[-1]
+    packed = fbgemm_packed(weight, scale)
+    y = torch.ops.quantized.linear_dynamic(x.reshape(rows, I).float(), packed, not torch.cpu._is_vnni_supported())
+    y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
+    return y if bias is None else y.add_(bias)
+
+
+INT8_METHODS = {
+    "int8-dequant": int8_dequant,
+    "int8-pack": int8_pack,
+    "int8-dynamic": int8_dynamic,
+    "int8-fbgemm": int8_fbgemm,
+}
+
+
+def int8_candidates(rows: int) -> list[str]:
+    single_row = ["int8-fbgemm"] if rows == 1 and "fbgemm" in torch.backends.quantized.supported_engines else []
+    return ["int8-dequant", "int8-pack", "int8-dynamic", *single_row]
+
+
+# fbgemm's packed copies of int8 weights, by the address of the weight's data. An entry keeps weak
+# references to the weight and scale it was packed from, with their version counters (which every
+# in-place write bumps): an entry is used only while both are alive, at the same addresses and
+# unchanged since packing, so an edited weight is packed again and a freed one never matches.
+# A packed copy costs as much memory as the int8 weight itself.
+_fbgemm_packs: dict[int, tuple] = {}
+
+
+def fbgemm_packed(weight: torch.Tensor, scale: torch.Tensor):
+    """The weight [O, I] int8 with scales [O], packed for torch.ops.quantized.linear_dynamic."""
+    key = weight.data_ptr()
+    entry = _fbgemm_packs.get(key)
+    if entry is not None:
+        weight_ref, weight_version, scale_ref, scale_version, packed = entry
+        w, s = weight_ref(), scale_ref()
+        if (
+            w is not None
+            and s is not None
+            and w._version == weight_version
+            and s._version == scale_version
+            and s.data_ptr() == scale.data_ptr()
+        ):
+            return packed
+    with warnings.catch_warnings():
+        # torch 2.13 marks quantized tensors as deprecated; fbgemm's packing still takes one.
+        warnings.simplefilter("ignore", UserWarning)
+        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+        q = torch._make_per_channel_quantized_tensor(weight.contiguous(), scale.double(), zero_points, 0)
+        engine = torch.backends.quantized.engine
+        try:
+            torch.backends.quantized.engine = "fbgemm"  # the packing's layout; the product follows it
+            packed = torch.ops.quantized.linear_prepack(q, None)
+        finally:
+            torch.backends.quantized.engine = engine
+
+    def forget(ref, key=key):
+        if _fbgemm_packs.get(key, (None,))[0] is ref:
+            del _fbgemm_packs[key]
+
+    _fbgemm_packs[key] = (weakref.ref(weight, forget), weight._version, weakref.ref(scale), scale._version, packed)
+    return packed
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +247,8 @@ def fastest(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sc
         methods = {name: METHODS[name] for name in candidates(x.numel() // x.shape[-1], weight.shape[0])}
         args = (x, weight, bias)
     else:
-        methods, args = INT8_METHODS, (x, weight, scale, bias)
+        methods = {name: INT8_METHODS[name] for name in int8_candidates(x.numel() // x.shape[-1])}
+        args = (x, weight, scale, bias)
     for method in methods.values():  # warm-up: first-call allocations and library dispatch
         method(*args)
     best = dict.fromkeys(methods, float("inf"))
@@ -182,7 +257,10 @@ def fastest(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sc
             start = time.perf_counter()
             method(*args)
             best[name] = min(best[name], time.perf_counter() - start)
-    return min(best, key=best.get)
+    choice = min(best, key=best.get)
+    if choice != "int8-fbgemm":
+        _fbgemm_packs.pop(weight.data_ptr(), None)  # a packed copy measured and not chosen
+    return choice
 
 
 def choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int | str) -> str:

@@ -40,9 +40,12 @@ class Int8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("scale", torch.ones(out_features, dtype=dtype, device=device))
-        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        # Plain tensors even when quantizing under inference_mode: their version counters tell
+        # matvec.py's packed copies when a weight has been edited since it was packed.
+        with torch.inference_mode(False):
+            self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+            self.register_buffer("scale", torch.ones(out_features, dtype=dtype, device=device))
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:

@@ -46,10 +46,33 @@ def test_every_int8_kernel_computes_the_dequantized_product(method, rows):
     q, scale = quantize_rows(w)
     want = torch.nn.functional.linear(x, q.float() * scale[:, None], bias)
     # int8-pack rounds the activations to bf16 (bf16's tolerance); int8-dynamic rounds them to 255
-    # levels per row, like the weights (the int8 tolerance).
-    tolerance = {"int8-pack": TOLERANCES["bfloat16"], "int8-dynamic": INT8}.get(method, TOLERANCES["float32"])
+    # levels per row, like the weights, and int8-fbgemm to 256 levels per input (the int8 tolerance).
+    tolerance = {"int8-pack": TOLERANCES["bfloat16"], "int8-dynamic": INT8, "int8-fbgemm": INT8}.get(
+        method, TOLERANCES["float32"]
+    )
     d = difference(method, matvec.INT8_METHODS[method](x, q, scale, bias), want)
     assert not d.over(tolerance), str(d)
+
+
+def test_a_packed_weight_edited_in_place_is_packed_again():
+    """int8-fbgemm multiplies with a packed copy of the weight: an edit to the weight (an ablated
+    row, say) must reach the product, and a freed weight must not leave its copy behind."""
+    if "int8-fbgemm" not in matvec.int8_candidates(rows=1):
+        pytest.skip("this torch build has no fbgemm engine")
+    q, scale = quantize_rows(torch.randn(96, 64, generator=torch.Generator().manual_seed(0)))
+    x = torch.randn(1, 64)
+    before = matvec.int8_fbgemm(x, q, scale, None)
+    with torch.inference_mode():  # in-place writes there count too
+        q[5] = 0
+        scale[7] *= 2
+    after, want = matvec.int8_fbgemm(x, q, scale, None), matvec.int8_dequant(x, q, scale, None)
+    assert after[0, 5] == 0 and before[0, 5] != 0
+    d = difference("after the edit", after, want)
+    assert not d.over(INT8), str(d)
+    key = q.data_ptr()
+    assert key in matvec._fbgemm_packs
+    del q
+    assert key not in matvec._fbgemm_packs
 
 
 @pytest.mark.parametrize("method", list(matvec.INT8_METHODS))
