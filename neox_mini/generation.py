@@ -52,8 +52,8 @@ def decode_one_token(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kw
     return fast.decode(model, token, pos, **forward_kwargs)[:, -1]  # [B, V]
 
 
-def mask_padded_vocab(logits: torch.Tensor, vocab_limit: int) -> torch.Tensor:
-    """[B, V] logits with every id >= vocab_limit set to -inf.
+def mask_padded_vocab(logits: torch.Tensor, vocab_limit: int, in_place: bool = False) -> torch.Tensor:
+    """[B, V] logits with every id >= vocab_limit set to -inf (in a copy, unless in_place).
 
     This is where the padded vocabulary is handled: a Pythia model has 50,304+ output rows but only
     50,277 of them are tokens. The rest get -inf here, before greedy argmax, repetition penalty,
@@ -61,7 +61,8 @@ def mask_padded_vocab(logits: torch.Tensor, vocab_limit: int) -> torch.Tensor:
     """
     if vocab_limit >= logits.shape[-1]:
         return logits
-    logits = logits.clone()
+    if not in_place:
+        logits = logits.clone()
     logits[:, vocab_limit:] = float("-inf")
     return logits
 
@@ -131,8 +132,9 @@ def check_sampling_args(
         raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
 
 
-def check_finite(nonfinite: torch.Tensor, during: str) -> None:
-    """Raise NonFiniteError if any row ([B] bool) had NaN or infinite logits."""
+def check_finite(logit_sums: torch.Tensor, during: str) -> None:
+    """Raise NonFiniteError if any row had NaN or infinite logits (its sum [B] is not finite)."""
+    nonfinite = ~torch.isfinite(logit_sums)  # [B]
     if bool(nonfinite.any()):
         rows = nonfinite.nonzero()[:, 0].tolist()
         raise NonFiniteError(
@@ -216,10 +218,13 @@ def generate_tokens(
     if seed is not None:  # one generator per row, all with the same seed: a row draws what it draws alone
         generator = [torch.Generator(device=device).manual_seed(seed) for _ in range(B)]
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
-    # Rows whose logits were ever NaN or infinite. Accumulated without a host sync per token and
-    # checked before the first token and at the end: a NaN never passes as a token (argmax over NaN
-    # logits returns some id, e.g. <|endoftext|>, which would look like a normal, empty answer).
-    nonfinite = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
+    # Every logit of every step summed per row, in fp32: a sum is NaN or infinite as soon as one
+    # term is (or, for finite logits, only beyond 3e38, which are no result either). Accumulated
+    # without a host sync per token and checked before the first token and at the end: a NaN
+    # never passes as a token (argmax over NaN logits returns some id, e.g. <|endoftext|>, which
+    # would look like a normal, empty answer). One reduction per step, where isfinite().all() was
+    # three passes over the logits: at 70m-160m sizes the loop's own work is ~10% of a token.
+    logit_sums = torch.zeros(B, dtype=torch.float32, device=device)  # [B]
 
     # With hooks attached (`with model.hooks(...)`), each step is a full forward over the whole
     # sequence so far, without the KV cache: every hook sees, and may change, every position at
@@ -240,21 +245,28 @@ def generate_tokens(
             logits = logits[:, -1]  # [B, V]
         else:
             logits = prefill(model, input_ids, position_ids=prompt_positions, attention_mask=full_mask)  # [B, V]
-        nonfinite |= ~torch.isfinite(logits).all(-1)
-        check_finite(nonfinite, "the prompt")
+        logit_sums += logits.sum(-1, dtype=torch.float32)
+        check_finite(logit_sums, "the prompt")
         for pos in range(T, total):
-            logits = mask_padded_vocab(logits, vocab_limit)  # [B, V]: ids >= vocab_limit are -inf
+            # In place when the logits are this step's own; with hooks attached, one of them may
+            # have kept the tensor.
+            logits = mask_padded_vocab(logits, vocab_limit, in_place=not full_forwards)  # [B, V]
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)  # [B, V]
             token = sample(logits, temperature, top_k, top_p, generator)[:, 0]  # [B]
-            token = token.masked_fill(finished, PAD_ID)  # finished rows only pad
+            if eos_id is not None:
+                token = token.masked_fill(finished, PAD_ID)  # finished rows only pad
             yield token
             if eos_id is not None:
                 finished |= token == eos_id
                 if bool(finished.all()):
-                    check_finite(nonfinite, "generation")
+                    check_finite(logit_sums, "generation")
                     return
-            seen[torch.arange(B, device=device), token] = True
-            sequence[:, pos] = token
+            # Only what a later step reads: the tokens seen (for a repetition penalty) and the
+            # sequence (for full forwards).
+            if repetition_penalty != 1.0:
+                seen[torch.arange(B, device=device), token] = True
+            if full_forwards:
+                sequence[:, pos] = token
             if pos + 1 == total:
                 break
             if full_forwards:
@@ -273,8 +285,8 @@ def generate_tokens(
                     position_ids=positions[:, pos : pos + 1],
                     attention_mask=full_mask if padded else None,
                 )  # [B, V]
-            nonfinite |= ~torch.isfinite(logits).all(-1)
-        check_finite(nonfinite, "generation")
+            logit_sums += logits.sum(-1, dtype=torch.float32)
+        check_finite(logit_sums, "generation")
     finally:
         model.clear_kv_cache()
 

@@ -282,3 +282,23 @@ def test_decoding_reads_nothing_back_for_its_input_checks(model, monkeypatch):
     assert calls == [0] and out.shape == (1, 14)
     with pytest.raises(ValueError, match="out of range"):  # the prompt itself is still checked
         generate(model, torch.tensor([[5, 1001]]), 3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_nonfinite_logit_mid_generation_is_an_error(model, monkeypatch, bad):
+    """One NaN or infinite logit in one row at one decode step is enough, as in the prompt."""
+    from neox_mini import generation
+    from neox_mini.errors import NonFiniteError
+
+    decode, steps = generation.decode_one_token, []
+
+    def decode_with_one_bad_logit(*args, **kwargs):
+        logits = decode(*args, **kwargs)  # [B, V]
+        steps.append(None)
+        if len(steps) == 3:
+            logits[1, 7] = bad
+        return logits
+
+    monkeypatch.setattr(generation, "decode_one_token", decode_with_one_bad_logit)
+    with pytest.raises(NonFiniteError, match=r"during generation \(batch row\(s\) \[1\]\)"):
+        generate(model, torch.tensor([[5, 6, 7], [8, 9, 10]]), 6)
