@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from . import matvec
 from .matvec import cache_root, linear
 from .model import GPTNeoX, attention_allowed, rotate_half, write_kv
 from .quantize import Int8Linear
@@ -277,6 +278,61 @@ def layer_kv_caches(model: GPTNeoX) -> list[tuple[torch.Tensor, torch.Tensor] | 
 # ----------------------------------------------------------------------------- torch.compile, opt-in
 
 _compiled_forward = None  # torch.compile(forward), made on first use (importing the compiler costs ~1 s)
+
+
+def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> None:
+    """For an int8 model (quantize.py): choose the kernels of its decode products by timing whole
+    decode steps of `batch_size` rows, once per machine (kept with matvec.py's other choices).
+
+    Timed alone, one product at a time, the kernels rank differently from how they decode: in a
+    step each weight comes back after all the others have streamed through the caches, with small
+    operations in between. On the Intel machine of docs/performance.md the per-product choice
+    (int8-pack for the layers' weights) decoded 160m 20-30% slower than int8-fbgemm everywhere.
+    So whole assignments compete: the per-product choices, and each kernel for every product
+    (but int8-dequant, which converts every weight at every step and stays where it wins alone),
+    each timed over decode steps on a throwaway KV cache, in turn, best of 3; the fastest is kept."""
+    layers = [module for module in model.modules() if isinstance(module, Int8Linear)]
+    device = model.gpt_neox.final_layer_norm.weight.device
+    if not layers or batch_size > matvec.MAX_ROWS or model.shard_group is not None or device.type != "cpu":
+        return
+    dtype = model.gpt_neox.final_layer_norm.weight.dtype  # the activations'
+    shapes = sorted({tuple(module.weight.shape) for module in layers})
+    keys = [matvec.int8_choice_key(dtype, shape, batch_size) for shape in shapes]
+    step_key = matvec.decode_step_key(dtype, shapes, batch_size)
+    choices = matvec.load_choices()
+    if step_key in choices:
+        return
+    steps = 4
+    kept = [block.attention.kv_cache for block in model.gpt_neox.layers]
+    winner, variants = "per-product", {"per-product": {}}
+    try:
+        with torch.inference_mode():
+            model.setup_kv_cache(batch_size, steps + 1)
+            token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # [B, 1]
+            forward(model, token, checked=True)  # the per-product choices, measured where missing
+            variants["per-product"] = {key: choices[key] for key in keys}
+            for kernel in matvec.int8_candidates(batch_size):
+                if kernel != "int8-dequant":
+                    variants[kernel] = dict.fromkeys(keys, kernel)
+            best = dict.fromkeys(variants, float("inf"))
+            for repeat in range(4):  # the first is a warm-up: packing, first calls
+                for name, assignment in variants.items():
+                    choices.update(assignment)
+                    start = time.perf_counter()
+                    for pos in range(1, 1 + steps):
+                        forward(model, token, start_pos=pos, checked=True)
+                    if repeat:
+                        best[name] = min(best[name], time.perf_counter() - start)
+            winner = min(best, key=best.get)
+    finally:  # an interrupted timing leaves the per-product choices, and the caches as they were
+        choices.update(variants[winner])
+        for block, cache in zip(model.gpt_neox.layers, kept, strict=True):
+            block.attention.kv_cache = cache
+    choices[step_key] = winner
+    for module in layers:
+        key = matvec.int8_choice_key(dtype, module.weight.shape, batch_size)
+        matvec.drop_unused_packs(module.weight, dtype, choices[key])
+    matvec.save_choices()
 
 
 def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:

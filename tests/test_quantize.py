@@ -12,7 +12,7 @@ from neox_mini.cli import main
 from neox_mini.errors import ConfigError
 from neox_mini.loading import load_folder
 from neox_mini.parity import TOLERANCES, difference, quantization_error
-from neox_mini.quantize import quantize_rows
+from neox_mini.quantize import Int8Linear, quantize_rows
 from neox_mini.synthetic import random_model, write_random_checkpoint
 
 INT8 = TOLERANCES["int8"]
@@ -45,34 +45,46 @@ def test_every_int8_kernel_computes_the_dequantized_product(method, rows):
     w, bias, x = torch.randn(96, 64, generator=g), torch.randn(96, generator=g), torch.randn(2, rows, 64, generator=g)
     q, scale = quantize_rows(w)
     want = torch.nn.functional.linear(x, q.float() * scale[:, None], bias)
-    # int8-pack rounds the activations to bf16 (bf16's tolerance); int8-dynamic rounds them to 255
-    # levels per row, like the weights, and int8-fbgemm to 256 levels per input (the int8 tolerance).
-    tolerance = {"int8-pack": TOLERANCES["bfloat16"], "int8-dynamic": INT8, "int8-fbgemm": INT8}.get(
-        method, TOLERANCES["float32"]
-    )
+    # int8-pack rounds the activations to bf16 (bf16's tolerance); int8-dynamic and int8-onednn
+    # round them to 255 levels per row, like the weights, and int8-fbgemm to 256 levels per input
+    # (the int8 tolerance).
+    tolerance = {"int8-pack": TOLERANCES["bfloat16"], "int8-dequant": TOLERANCES["float32"]}.get(method, INT8)
     d = difference(method, matvec.INT8_METHODS[method](x, q, scale, bias), want)
     assert not d.over(tolerance), str(d)
 
 
-def test_a_packed_weight_edited_in_place_is_packed_again():
-    """int8-fbgemm multiplies with a packed copy of the weight: an edit to the weight (an ablated
-    row, say) must reach the product, and a freed weight must not leave its copy behind."""
-    if "int8-fbgemm" not in matvec.int8_candidates(rows=1):
-        pytest.skip("this torch build has no fbgemm engine")
+def test_onednn_computes_what_int8_dynamic_computes():
+    """Both round the activations per row the same way; only the kernel differs."""
+    if "int8-onednn" not in matvec.int8_candidates(rows=40):
+        pytest.skip("oneDNN's int8 kernel is offered only on CPUs with VNNI")
+    g = torch.Generator().manual_seed(1)
+    q, scale = quantize_rows(torch.randn(96, 64, generator=g))
+    x, bias = torch.randn(2, 40, 64, generator=g) * 3, torch.randn(96, generator=g)
+    d = difference("onednn", matvec.int8_onednn(x, q, scale, bias), matvec.int8_dynamic(x, q, scale, bias))
+    assert not d.over(TOLERANCES["float32"]), str(d)
+
+
+@pytest.mark.parametrize("kernel", ["fbgemm", "onednn"])
+def test_a_packed_weight_edited_in_place_is_packed_again(kernel):
+    """int8-fbgemm and int8-onednn multiply with a packed copy of the weight: an edit to the weight
+    (an ablated row, say) must reach the product, and a freed weight must not leave its copy behind."""
+    if f"int8-{kernel}" not in matvec.int8_candidates(rows=1):
+        pytest.skip(f"int8-{kernel} is not offered on this machine")
+    product = matvec.INT8_METHODS[f"int8-{kernel}"]
     q, scale = quantize_rows(torch.randn(96, 64, generator=torch.Generator().manual_seed(0)))
     x = torch.randn(1, 64)
-    before = matvec.int8_fbgemm(x, q, scale, None)
+    before = product(x, q, scale, None)
     with torch.inference_mode():  # in-place writes there count too
         q[5] = 0
         scale[7] *= 2
-    after, want = matvec.int8_fbgemm(x, q, scale, None), matvec.int8_dequant(x, q, scale, None)
+    after, want = product(x, q, scale, None), matvec.int8_dequant(x, q, scale, None)
     assert after[0, 5] == 0 and before[0, 5] != 0
     d = difference("after the edit", after, want)
     assert not d.over(INT8), str(d)
-    key = q.data_ptr()
-    assert key in matvec._fbgemm_packs
+    key = (kernel, q.data_ptr())
+    assert key in matvec._packs
     del q
-    assert key not in matvec._fbgemm_packs
+    assert key not in matvec._packs
 
 
 @pytest.mark.parametrize("method", list(matvec.INT8_METHODS))
@@ -136,3 +148,46 @@ def test_a_quantized_model_keeps_its_hooks():
     ids = random_ids(model.config)
     logits, cache = model.run_with_cache(ids, names=["blocks.0.hook_mlp_out"])
     assert cache["blocks.0.hook_mlp_out"].shape == (2, 37, 64) and torch.isfinite(logits).all()
+
+
+def test_decode_kernels_are_chosen_once_over_whole_steps(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEOX_MINI_CACHE", str(tmp_path))
+    monkeypatch.setattr(matvec, "_choices", None)
+    model = random_model(NeoXConfig.from_pythia("14m"), seed=0).quantize("int8")
+    model.setup_kv_cache(1, 12)
+    caches = [block.attention.kv_cache for block in model.gpt_neox.layers]
+    fast.choose_int8_decode_kernels(model, 1)
+    assert [block.attention.kv_cache for block in model.gpt_neox.layers] == caches  # the model's own, untouched
+    choices = matvec.load_choices()
+    step = [key for key in choices if key.startswith("decode ")]
+    assert len(step) == 1 and choices[step[0]] in ("per-product", *matvec.int8_candidates(1))
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            assert choices[matvec.int8_choice_key(torch.float32, module.weight.shape, 1)] in matvec.INT8_METHODS
+    # Kept on disk: a new process (here: choices read again) does not time the steps again.
+    monkeypatch.setattr(matvec, "_choices", None)
+    monkeypatch.setattr(fast, "forward", lambda *a, **k: pytest.fail("timed again"))
+    fast.choose_int8_decode_kernels(model, 1)
+
+
+def test_interrupted_kernel_choice_leaves_the_model_as_it_was(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEOX_MINI_CACHE", str(tmp_path))
+    monkeypatch.setattr(matvec, "_choices", None)
+    model = random_model(NeoXConfig.from_pythia("14m"), seed=0).quantize("int8")
+    forward, calls = fast.forward, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(fast, "forward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fast.choose_int8_decode_kernels(model, 1)
+    assert all(block.attention.kv_cache is None for block in model.gpt_neox.layers)
+    assert not any(key.startswith("decode ") for key in matvec.load_choices())
+    monkeypatch.setattr(fast, "forward", forward)
+    ids = random_ids(model.config, batch=1, length=8)
+    with torch.inference_mode():
+        assert torch.isfinite(fast.forward(model, ids)).all()  # every product has a kernel again
