@@ -22,6 +22,8 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
     F.scaled_dot_product_attention call, and no mask is built when causality alone decides
     (decoding one token, or a prefill from position 0).
   * Prefill for generation asks only for the last position's logits (last_token_only).
+  * An int8 model's decode kernels are chosen by timing whole decode steps, once per machine
+    (choose_int8_decode_kernels): timed one product at a time, the kernels rank differently.
   * Opt-in, `compile_decode` (end of this file) has torch.compile fuse a decode step's ~15 small
     ops per layer into a few loops: 1.1-1.25x per token here, for tens of seconds of compiling.
 """

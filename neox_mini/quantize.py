@@ -11,11 +11,12 @@ For a weight row w (one output channel): scale = max|w| / 127 and q = round(w / 
 
 The weights are a quarter of fp32's bytes, and decoding streams weights: a matrix-vector product
 is up to 4x less memory traffic. The kernels are PyTorch's own, and matvec.py measures which one
-this CPU runs fastest for each product (int8_linear): `aten._weight_int8pack_mm` (int8 weights,
-bf16 activations), `torch._int_mm` on activations quantized per row the same way (int8 x int8,
-VNNI / AMX: 2-5x faster than fp32 for a 512-token prefill on an AMX machine), or the weight
-converted on the fly for a float product. embed_in stays
-in floating point: a lookup reads only the rows of the ids given, never the whole matrix.
+this CPU runs fastest (int8_linear): `aten._weight_int8pack_mm` (int8 weights, bf16 activations),
+the activations quantized per row the same way for an int8 x int8 product (`torch._int_mm`, or
+oneDNN's quantized linear on CPUs with VNNI), fbgemm's dynamically quantized product for one row,
+or the weight converted on the fly for a float product. A decode step's kernels are chosen by
+timing whole steps (fast.choose_int8_decode_kernels). embed_in stays in floating point: a lookup
+reads only the rows of the ids given, never the whole matrix.
 
 Accuracy is stated in parity.TOLERANCES["int8"] and docs/performance.md.
 """
