@@ -136,7 +136,8 @@ def int8_fbgemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     fbgemm's layout (packed_weight). One scale for the whole input is one scale per row only when
     there is one row, so this is a candidate for single-row products only (int8_candidates). On
     a CPU without VNNI the kernel's u8 x s8 pair sums can saturate 16 bits unless the activations
-    keep 7 bits (reduce_range), which costs accuracy; with VNNI they keep all 8."""
+    keep 7 bits (reduce_range): correct, but up to 4.6e-2 from fp32 on random weights where 8 bits
+    stay under 3e-2, so it is a candidate only with VNNI, where they keep all 8."""
     if weight.is_inference() or scale.is_inference():
         return int8_dynamic(x, weight, scale, bias)  # no packed copy for these (packed_weight)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
@@ -152,8 +153,10 @@ def int8_onednn(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     inductor's x86 int8 path calls), with the weight packed once into oneDNN's layout: its AMX / VNNI
     kernels ran a 512-token product 2-3x faster than torch._int_mm on an AMX machine. oneDNN takes
     uint8 activations with one scale: each row goes in as q + 128 (zero point 128) with scale 1, and
-    the row's own scale is applied to the fp32 result, which keeps the scale per row exact. Only on
-    CPUs with VNNI (int8_candidates): without it the u8 x s8 pair sums can saturate 16 bits."""
+    the row's own scale is applied to the fp32 result, which keeps the scale per row exact. Without
+    VNNI the u8 x s8 pair sums can saturate 16 bits: there it is int8_dynamic (and no candidate)."""
+    if not torch.cpu._is_vnni_supported():
+        return int8_dynamic(x, weight, scale, bias)
     if weight.is_inference() or scale.is_inference():
         return int8_dynamic(x, weight, scale, bias)  # no packed copy for these (packed_weight)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
@@ -181,8 +184,8 @@ INT8_METHODS = {
 
 
 def int8_candidates(rows: int) -> list[str]:
-    vnni = torch.cpu._is_vnni_supported()
-    fbgemm = rows == 1 and "fbgemm" in torch.backends.quantized.supported_engines
+    vnni = torch.cpu._is_vnni_supported()  # both packed kernels keep 8-bit activations only with it
+    fbgemm = vnni and rows == 1 and "fbgemm" in torch.backends.quantized.supported_engines
     onednn = vnni and torch.backends.mkldnn.is_available()
     return [
         "int8-dequant",
