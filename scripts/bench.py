@@ -9,6 +9,8 @@ of --runs runs with min-max, and the ratio neox / transformers:
   decode    tok/s generating 128 new tokens after a 16-token prompt, greedy, EOS ignored, at batch
             1 and 8 (tokens of all rows per second; the time of the whole generate call, i.e. the
             16-token prefill included). transformers: generate(do_sample=False, min_new_tokens=N).
+            Batch-1 rows (here, int8 and compile) also give the GB/s of weights streamed (tok/s x
+            the bytes of every weight but embed_in) next to a plain copy's, measured in the run.
   prefill   tok/s of one forward over a 512- / 2048-token prompt that fills the KV cache and returns
             only the last position's logits (transformers: use_cache=True, logits_to_keep=1).
   cold      seconds from process start to the first generated token, fresh process each time:
@@ -539,6 +541,32 @@ def bench_eval(folder: Path, cache: Path, runs: int, threads: int) -> dict:
     }
 
 
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one decode step reads: every parameter and buffer but embed_in (a lookup
+    reads one row of it) and the rotary tables; int8 weights count with their scales."""
+    skipped = ("gpt_neox.embed_in.", "rotary.")
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return sum(t.numel() * t.element_size() for name, t in tensors if not name.startswith(skipped))
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a plain copy of 256 MB (read + write counted), best of 3: the bound a decode step
+    that streams its weights is measured against, taken in the same run."""
+    src = torch.ones(64 << 20)
+    dst = torch.empty_like(src)
+    best = min(timed(lambda: dst.copy_(src)) for _ in range(3))
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+def streaming(model, r: dict, rate: dict) -> str:
+    """Record and describe the weight bandwidth of a batch-1 decode rate (tok/s summary)."""
+    per_token = weight_bytes_per_token(model)
+    r["weights_gb_per_token"] = per_token / 1e9
+    r["weights_gbps"] = rate["median"] * per_token / 1e9
+    r["copy_gbps"] = copy_bandwidth()
+    return f"; weights {r['weights_gbps']:.1f} GB/s, plain copy {r['copy_gbps']:.1f}"
+
+
 def bench_matvec(C: int, dtype: str, runs: int) -> dict:
     """GB/s of the LM-head product for one token: matvec.linear (the method this machine chose) vs
     F.linear, with every candidate method and a plain copy of the same bytes (the bandwidth bound)."""
@@ -865,13 +893,13 @@ def main(argv: list[str] | None = None) -> int:
                     for batch in (1,) if quick_bf16 or (a.quick and size != "14m") else (1, 8):
                         goal = ">= 1.3x" if dtype == "fp32" else ">= 1.0x"
                         r = bench_decode(neox, hf, batch, runs, NEW_TOKENS)
-                        ct2 = ""
+                        ct2 = streaming(neox, r, r["neox"]) if batch == 1 else ""
                         if a.ct2_python and dtype == "fp32" and batch == 1:
                             r["ct2_float32"] = summary(
                                 ct2_rates(a.ct2_python, folder, "float32", "decode", runs, a.threads)
                             )
                             theirs = r["ct2_float32"]["median"]
-                            ct2 = f"; ctranslate2 float32 {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
+                            ct2 += f"; ctranslate2 float32 {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
                         record(
                             "decode",
                             size,
@@ -935,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
                             rates = ct2_rates(a.ct2_python, folder, compute, what, runs, a.threads)
                             r[f"ct2_{compute}"] = summary(rates)
                     r["error"] = err
-                    ct2 = ""
+                    ct2 = streaming(neox8, r, r["neox"]) if what == "decode" else ""
                     for c in ("float32", "int8"):
                         if f"ct2_{c}" in r:
                             theirs = r[f"ct2_{c}"]["median"]
@@ -961,13 +989,13 @@ def main(argv: list[str] | None = None) -> int:
                     r = bench_compiled(neox, hf, runs, NEW_TOKENS)
                     kind = quantization or dtype
                     r["compile_first"], r["compile_cached"] = compile_seconds(folder, kind, a.threads)
-                    ct2 = ""
+                    ct2 = streaming(neox, r, r["neox"])
                     if a.ct2_python:
                         compute = "int8" if quantization else "float32"
                         rates = ct2_rates(a.ct2_python, folder, compute, "decode", runs, a.threads)
                         r[f"ct2_{compute}"] = summary(rates)
                         theirs = r[f"ct2_{compute}"]["median"]
-                        ct2 = f"; ctranslate2 {compute} {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
+                        ct2 += f"; ctranslate2 {compute} {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
                     gain = r["compiled_again"]["median"] / r["uncompiled"]["median"]
 
                     record(
