@@ -302,3 +302,12 @@ def test_a_nonfinite_logit_mid_generation_is_an_error(model, monkeypatch, bad):
     monkeypatch.setattr(generation, "decode_one_token", decode_with_one_bad_logit)
     with pytest.raises(NonFiniteError, match=r"during generation \(batch row\(s\) \[1\]\)"):
         generate(model, torch.tensor([[5, 6, 7], [8, 9, 10]]), 6)
+
+
+def test_logits_a_hook_kept_are_not_masked_in_place(padded_model):
+    """generate masks the padded vocabulary in place only when the logits are its own: a hook on
+    hook_logits that keeps them sees what the model computed."""
+    kept = []
+    with padded_model.hooks({"hook_logits": lambda t, name: kept.append(t)}):
+        generate(padded_model, torch.tensor([[5, 6, 7]]), 3)
+    assert kept and all(torch.isfinite(t[..., TOKENIZER_VOCAB_SIZE:]).all() for t in kept)

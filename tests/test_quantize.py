@@ -53,6 +53,16 @@ def test_every_int8_kernel_computes_the_dequantized_product(method, rows):
     assert not d.over(tolerance), str(d)
 
 
+def test_without_vnni_no_packed_kernel_is_offered_and_onednn_computes_int8_dynamic(monkeypatch):
+    """Without VNNI, fbgemm keeps 7-bit activations and oneDNN's u8 x s8 sums can saturate."""
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    for rows in (1, 8, 40):
+        assert not {"int8-fbgemm", "int8-onednn"} & set(matvec.int8_candidates(rows))
+    q, scale = quantize_rows(torch.randn(96, 64, generator=torch.Generator().manual_seed(2)))
+    x = torch.randn(3, 64) * 4
+    assert torch.equal(matvec.int8_onednn(x, q, scale, None), matvec.int8_dynamic(x, q, scale, None))
+
+
 def test_onednn_computes_what_int8_dynamic_computes():
     """Both round the activations per row the same way; only the kernel differs."""
     if "int8-onednn" not in matvec.int8_candidates(rows=40):
