@@ -186,6 +186,9 @@ INT8_METHODS = {
 def int8_candidates(rows: int) -> list[str]:
     vnni = torch.cpu._is_vnni_supported()  # both packed kernels keep 8-bit activations only with it
     fbgemm = vnni and rows == 1 and "fbgemm" in torch.backends.quantized.supported_engines
+    # Its packing takes a quantized tensor, which torch 2.13 marks as deprecated: once a torch
+    # drops them, fbgemm is no candidate rather than an error.
+    fbgemm = fbgemm and hasattr(torch, "_make_per_channel_quantized_tensor")
     onednn = vnni and torch.backends.mkldnn.is_available()
     return [
         "int8-dequant",
