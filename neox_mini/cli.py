@@ -217,6 +217,11 @@ def cmd_generate(args) -> int:
     tokenizer = tokenizer_from_args(args, model)
     ids = tokenizer.encode(prompt, bos=args.bos)
     echo_from = 1 if args.bos else 0  # the --bos token is not echoed
+    if model.quantization:  # here rather than as a silent pause inside the first generation
+        from .fast import choose_int8_decode_kernels
+
+        if seconds := choose_int8_decode_kernels(model, batch_size=1):
+            print(f"timed this machine's int8 decode kernels in {seconds:.1f} s (once)", file=sys.stderr)
     if args.compile:
         from .fast import compile_decode
 

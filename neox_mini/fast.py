@@ -283,9 +283,10 @@ def layer_kv_caches(model: GPTNeoX) -> list[tuple[torch.Tensor, torch.Tensor] | 
 _compiled_forward = None  # torch.compile(forward), made on first use (importing the compiler costs ~1 s)
 
 
-def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> None:
+def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     """For an int8 model (quantize.py): choose the kernels of its decode products by timing whole
     decode steps of `batch_size` rows, once per machine (kept with matvec.py's other choices).
+    Returns the seconds it took: 0 when the choice was already made (or there is none to make).
 
     Timed alone, one product at a time, the kernels rank differently from how they decode: in a
     step each weight comes back after all the others have streamed through the caches, with small
@@ -297,14 +298,15 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> None:
     layers = [module for module in model.modules() if isinstance(module, Int8Linear)]
     device = model.gpt_neox.final_layer_norm.weight.device
     if not layers or batch_size > matvec.MAX_ROWS or model.shard_group is not None or device.type != "cpu":
-        return
+        return 0.0
     dtype = model.gpt_neox.final_layer_norm.weight.dtype  # the activations'
     shapes = sorted({tuple(module.weight.shape) for module in layers})
     keys = [matvec.int8_choice_key(dtype, shape, batch_size) for shape in shapes]
     step_key = matvec.decode_step_key(dtype, shapes, batch_size)
     choices = matvec.load_choices()
     if step_key in choices:
-        return
+        return 0.0
+    began = time.perf_counter()
     steps = 4
     kept = [block.attention.kv_cache for block in model.gpt_neox.layers]
     winner, variants = "per-product", {"per-product": {}}
@@ -336,6 +338,7 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> None:
         key = matvec.int8_choice_key(dtype, module.weight.shape, batch_size)
         matvec.drop_unused_packs(module.weight, dtype, choices[key])
     matvec.save_choices()
+    return time.perf_counter() - began
 
 
 def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:

@@ -144,6 +144,18 @@ def test_quantize_once_then_load_like_any_checkpoint(tmp_path, capsys):
     assert sorted(p.stat().st_mtime_ns for p in out.iterdir()) == before
 
 
+def test_generate_says_when_it_times_the_int8_kernels(tmp_path, capsys, monkeypatch, tokenizer_json):
+    monkeypatch.setenv("NEOX_MINI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(matvec, "_choices", None)
+    source = write_random_checkpoint(tmp_path / "fp32", tiny(vocab_size=50304), seed=3, tokenizer=tokenizer_json)
+    argv = ["generate", "--model", str(source), "--quantize", "int8", "--greedy", "-n", "3", "Hello"]
+    assert main(argv) == 0
+    assert "timed this machine's int8 decode kernels in" in capsys.readouterr().err
+    monkeypatch.setattr(matvec, "_choices", None)  # a new process: the choice is read from the file
+    assert main(argv) == 0
+    assert "int8 decode kernels" not in capsys.readouterr().err
+
+
 def test_other_quantization_configs_are_refused(tmp_path):
     folder = write_random_checkpoint(tmp_path / "m", tiny())
     config = json.loads((folder / "config.json").read_text())
