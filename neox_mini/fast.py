@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import matvec
-from .matvec import cache_root, linear
+from .matvec import cache_root, int8_linear, linear
 from .model import GPTNeoX, attention_allowed, rotate_half, write_kv
 from .quantize import Int8Linear
 
@@ -114,7 +114,7 @@ def project(layer, x: torch.Tensor) -> torch.Tensor:
     """A layer's product, [..., I] -> [..., O]: an nn.Linear through matvec.linear, an int8 layer
     (quantize.py) through its own forward."""
     if isinstance(layer, Int8Linear):
-        return layer(x)
+        return int8_linear(x, layer.weight, layer.scale, layer.bias)
     return linear(x, layer.weight, layer.bias)
 
 

@@ -26,6 +26,7 @@ are matrix products (compute-bound), and always F.linear; so are all products of
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -132,19 +133,19 @@ def int8_dynamic(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
 def int8_fbgemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """fbgemm's dynamically quantized product (torch.ops.quantized.linear_dynamic, the kernel behind
     torch.ao's dynamic quantization): the kernel quantizes the activations itself, to uint8 with one
-    scale and zero point for the whole input, and multiplies with the weight packed once into
-    fbgemm's layout (packed_weight). One scale for the whole input is one scale per row only when
-    there is one row, so this is a candidate for single-row products only (int8_candidates). On
+    scale and zero point for the whole input, and multiplies with the weight (and bias) packed once
+    into fbgemm's layout (packed_weight). One scale for the whole input is one scale per row only
+    when there is one row, so this is a candidate for single-row products only (int8_candidates). On
     a CPU without VNNI the kernel's u8 x s8 pair sums can saturate 16 bits unless the activations
     keep 7 bits (reduce_range): correct, but up to 4.6e-2 from fp32 on random weights where 8 bits
-    stay under 3e-2, so it is a candidate only with VNNI, where they keep all 8."""
-    if weight.is_inference() or scale.is_inference():
+    stay under 3e-2, so it is a candidate only with VNNI, where they keep all 8.
+    A decode step makes dozens of these products at 30-200 us each, so this path stays lean: the
+    bias is added by the kernel, and an fp32 input goes in as it is ([..., I] -> [..., O])."""
+    if weight.is_inference() or scale.is_inference() or (bias is not None and bias.is_inference()):
         return int8_dynamic(x, weight, scale, bias)  # no packed copy for these (packed_weight)
-    rows, I = x.numel() // x.shape[-1], x.shape[-1]
-    packed = packed_weight("fbgemm", weight, scale)
-    y = torch.ops.quantized.linear_dynamic(x.reshape(rows, I).float(), packed, not torch.cpu._is_vnni_supported())
-    y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
-    return y if bias is None else y.add_(bias)
+    packed = packed_weight("fbgemm", weight, scale, bias)
+    y = torch.ops.quantized.linear_dynamic(x.float(), packed, not torch.cpu._is_vnni_supported())  # [..., O]
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def int8_onednn(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -200,28 +201,22 @@ def int8_candidates(rows: int) -> list[str]:
 
 
 # Packed copies of int8 weights (fbgemm's and oneDNN's layouts), by kernel and the address of the
-# weight's data. An entry keeps weak references to the weight and scale it was packed from, with
-# their version counters (which every in-place write bumps): an entry is used only while both are
-# alive, at the same addresses and unchanged since packing, so an edited weight is packed again and
-# a freed one never matches. A packed copy costs as much memory as the int8 weight itself, and is
-# kept only for a kernel that was chosen (fastest).
+# weight's data. An entry keeps weak references to the weight, scale (and bias) it was packed from,
+# with their addresses and version counters (which every in-place write bumps): an entry is used
+# only while they are alive, at the same addresses and unchanged since packing, so an edited weight
+# is packed again and a freed one never matches. A packed copy costs as much memory as the int8
+# weight itself, and is kept only for a kernel that was chosen (fastest).
 _packs: dict[tuple[str, int], tuple] = {}
 
 
-def packed_weight(kernel: str, weight: torch.Tensor, scale: torch.Tensor):
-    """The weight [O, I] int8 with scales [O], packed for kernel "fbgemm" or "onednn"."""
+def packed_weight(kernel: str, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
+    """The weight [O, I] int8 with scales [O], packed for kernel "fbgemm" (with the bias [O], which
+    that kernel adds) or "onednn"."""
     key = (kernel, weight.data_ptr())
     entry = _packs.get(key)
-    if entry is not None:
-        weight_ref, weight_version, scale_ref, scale_version, packed = entry
-        w, s = weight_ref(), scale_ref()
-        if (
-            w is not None
-            and s is not None
-            and w._version == weight_version
-            and s._version == scale_version
-            and s.data_ptr() == scale.data_ptr()
-        ):
+    if entry is not None and entry[0] == contents_stamp(weight, scale, bias):
+        refs, packed = entry[1], entry[2]
+        if refs[0]() is not None and refs[1]() is not None and (bias is None or refs[2]() is not None):
             return packed
     if kernel == "onednn":
         packed = torch.ops.onednn.qlinear_prepack(weight.contiguous(), None)  # [I, O] in oneDNN's layout
@@ -234,16 +229,25 @@ def packed_weight(kernel: str, weight: torch.Tensor, scale: torch.Tensor):
             engine = torch.backends.quantized.engine
             try:
                 torch.backends.quantized.engine = "fbgemm"  # the packing's layout; the product follows it
-                packed = torch.ops.quantized.linear_prepack(q, None)
+                packed = torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float())
             finally:
                 torch.backends.quantized.engine = engine
 
     def forget(ref, key=key):
-        if _packs.get(key, (None,))[0] is ref:
+        if _packs.get(key, (None, (None,)))[1][0] is ref:
             del _packs[key]
 
-    _packs[key] = (weakref.ref(weight, forget), weight._version, weakref.ref(scale), scale._version, packed)
+    refs = (weakref.ref(weight, forget), weakref.ref(scale), None if bias is None else weakref.ref(bias))
+    _packs[key] = (contents_stamp(weight, scale, bias), refs, packed)
     return packed
+
+
+def contents_stamp(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """What tells the tensors' contents apart from when they were packed: their addresses and
+    version counters (bumped by every in-place write). Checked at every product, so kept flat."""
+    if bias is None:
+        return (weight._version, scale.data_ptr(), scale._version)
+    return (weight._version, scale.data_ptr(), scale._version, bias.data_ptr(), bias._version)
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,7 +325,12 @@ def shape_key(dtype: torch.dtype, shape: tuple[int, int]) -> str:
 
 
 def choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int | str) -> str:
-    return f"{shape_key(dtype, shape)} rows={rows} threads={torch.get_num_threads()}"
+    return _choice_key(dtype, *shape, rows, torch.get_num_threads())
+
+
+@functools.cache  # asked for at every product: formatted once per shape
+def _choice_key(dtype: torch.dtype, O: int, I: int, rows: int | str, threads: int) -> str:
+    return f"{shape_key(dtype, (O, I))} rows={rows} threads={threads}"
 
 
 def decode_step_key(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int) -> str:
@@ -332,7 +341,12 @@ def decode_step_key(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int
 
 def int8_choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int) -> str:
     """The key of an int8 product with activations of `dtype`; all prefills share one per shape."""
-    return "int8 " + choice_key(dtype, shape, rows if rows <= MAX_ROWS else f">{MAX_ROWS}")
+    return _int8_choice_key(dtype, *shape, rows if rows <= MAX_ROWS else f">{MAX_ROWS}", torch.get_num_threads())
+
+
+@functools.cache
+def _int8_choice_key(dtype: torch.dtype, O: int, I: int, rows: int | str, threads: int) -> str:
+    return "int8 " + _choice_key(dtype, O, I, rows, threads)
 
 
 def cache_root() -> Path:

@@ -81,16 +81,20 @@ def test_a_packed_weight_edited_in_place_is_packed_again(kernel):
     if f"int8-{kernel}" not in matvec.int8_candidates(rows=1):
         pytest.skip(f"int8-{kernel} is not offered on this machine")
     product = matvec.INT8_METHODS[f"int8-{kernel}"]
-    q, scale = quantize_rows(torch.randn(96, 64, generator=torch.Generator().manual_seed(0)))
-    x = torch.randn(1, 64)
-    before = product(x, q, scale, None)
+    g = torch.Generator().manual_seed(0)
+    q, scale = quantize_rows(torch.randn(96, 64, generator=g))
+    x, bias = torch.randn(1, 64, generator=g), torch.randn(96, generator=g)  # fbgemm packs the bias too
+    before = product(x, q, scale, bias)
     with torch.inference_mode():  # in-place writes there count too
         q[5] = 0
         scale[7] *= 2
-    after, want = product(x, q, scale, None), matvec.int8_dequant(x, q, scale, None)
+        bias[5] = 0
+    after, want = product(x, q, scale, bias), matvec.int8_dequant(x, q, scale, bias)
     assert after[0, 5] == 0 and before[0, 5] != 0
     d = difference("after the edit", after, want)
     assert not d.over(INT8), str(d)
+    bias[9] += 1  # the bias alone
+    assert torch.allclose(product(x, q, scale, bias)[0, 9], after[0, 9] + 1)
     key = (kernel, q.data_ptr())
     assert key in matvec._packs
     del q
