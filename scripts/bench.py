@@ -199,7 +199,8 @@ def timed(fn) -> float:
 # ----------------------------------------------------------------------------- in-process benches
 
 
-def bench_decode(neox, hf, batch: int, runs: int, new_tokens: int) -> dict:
+def bench_decode(neox, hf, batch: int, runs: int, new_tokens: int, ct2: dict | None = None) -> dict:
+    """ct2: ctranslate2's runs to alternate with these (ct2_runs), batch 1 only."""
     from neox_mini import generate
 
     V = neox.config.vocab_size
@@ -223,9 +224,11 @@ def bench_decode(neox, hf, batch: int, runs: int, new_tokens: int) -> dict:
 
         return batch * new_tokens / timed(go)
 
-    values = alternate({"neox": run_neox, "hf": run_hf}, runs)
+    ct2 = ct2 or {}
+    values = alternate({"neox": run_neox, "hf": run_hf, **{name: run for name, (run, _) in ct2.items()}}, runs)
     same = torch.equal(outs["neox"], outs["hf"])
-    return {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "same_tokens": same}
+    r = {"neox": summary(values["neox"]), "hf": summary(values["hf"]), "same_tokens": same}
+    return with_ct2(r, values, ct2)
 
 
 COMPILE_RUN = """
@@ -253,13 +256,13 @@ def compile_seconds(folder: Path, kind: str, threads: int) -> tuple[float, float
     return seconds[0], seconds[1]
 
 
-def bench_compiled(neox, hf, runs: int, new_tokens: int) -> dict:
-    """Decode with the step compiled (fast.compile_decode) vs transformers, and vs the same model
-    uncompiled, all alternating."""
+def bench_compiled(neox, hf, runs: int, new_tokens: int, ct2: dict | None = None) -> dict:
+    """Decode with the step compiled (fast.compile_decode) vs transformers (and ctranslate2), and vs
+    the same model uncompiled, all alternating."""
     from neox_mini import fast, generate
 
     fast.compile_decode(neox)
-    r = bench_decode(neox, hf, 1, runs, new_tokens)
+    r = bench_decode(neox, hf, 1, runs, new_tokens, ct2)
     ids = torch.randint(0, 50000, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
 
     def run(compiled: bool):
@@ -284,23 +287,24 @@ def int8_error(fp32, int8) -> dict:
     return quantization_error(fast.forward(fp32, ids), fast.forward(int8, ids))
 
 
-CT2_RUN = """
-import sys, time, json, ctranslate2, tokenizers
-model, compute_type, threads, what, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-tok = tokenizers.Tokenizer.from_file(sys.argv[6])
-gen = ctranslate2.Generator(model, device="cpu", compute_type=compute_type, intra_threads=threads)
-prompt = [tok.id_to_token(i) for i in range(1000, 1000 + n)]
-def go():
+CT2_SERVE = """
+import sys, time, ctranslate2, tokenizers
+model, compute_type, threads, tokenizer, new_tokens = sys.argv[1:6]
+tok = tokenizers.Tokenizer.from_file(tokenizer)
+gen = ctranslate2.Generator(model, device="cpu", compute_type=compute_type, intra_threads=int(threads))
+print("ready", flush=True)
+for line in sys.stdin:  # "decode N" or "prefill N": one run, answered with its seconds
+    what, n = line.split()
+    prompt = [tok.id_to_token(i) for i in range(1000, 1000 + int(n))]
+    start = time.perf_counter()
     if what == "decode":
-        gen.generate_batch([prompt], max_length={new_tokens}, min_length={new_tokens}, sampling_topk=1,
+        gen.generate_batch([prompt], max_length=int(new_tokens), min_length=int(new_tokens), sampling_topk=1,
                            include_prompt_in_result=False, end_token=[])
     else:  # prefill: the prompt and the first next token
         gen.generate_batch([prompt], max_length=1, sampling_topk=1, include_prompt_in_result=False)
-go()
-times = []
-for _ in range(int(sys.argv[7])):
-    start = time.perf_counter(); go(); times.append(time.perf_counter() - start)
-print(json.dumps(times))
+    seconds = time.perf_counter() - start
+    time.sleep(0.3)  # before answering: OpenMP threads spin for a while after a run (KMP_BLOCKTIME)
+    print(seconds, flush=True)
 """
 
 
@@ -317,17 +321,51 @@ def ct2_model(ct2_python: str, folder: Path, compute: str) -> Path:
     return out
 
 
-def ct2_rates(ct2_python: str, folder: Path, compute: str, what: str, runs: int, threads: int) -> list[float]:
-    """tok/s of ctranslate2 in its own interpreter: decode NEW_TOKENS after PROMPT_LEN, or prefill 512."""
-    n = PROMPT_LEN if what == "decode" else 512
-    code = CT2_RUN.replace("{new_tokens}", str(NEW_TOKENS))
-    args = [str(ct2_model(ct2_python, folder, compute)), compute, str(threads), what, str(n), str(TOKENIZER_JSON)]
-    out = subprocess.run([ct2_python, "-c", code, *args, str(runs)], capture_output=True, text=True, check=True)
-    tokens = NEW_TOKENS if what == "decode" else n
-    return [tokens / t for t in json.loads(out.stdout.strip().splitlines()[-1])]
+class Ct2:
+    """ctranslate2 in its own interpreter (--ct2-python), the model loaded once, answering one run
+    at a time: its runs take turns with neox_mini's and transformers' in `alternate`, so all three
+    meet the same machine load (this guest's speed drifts by 2x within minutes)."""
+
+    def __init__(self, ct2_python: str, folder: Path, compute: str, threads: int):
+        model = ct2_model(ct2_python, folder, compute)
+        args = [str(model), compute, str(threads), str(TOKENIZER_JSON), str(NEW_TOKENS)]
+        self.process = subprocess.Popen(
+            [ct2_python, "-c", CT2_SERVE, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"ctranslate2 did not start on {model}")
+
+    def rate(self, what: str) -> float:
+        """tok/s of one run: decode NEW_TOKENS after PROMPT_LEN, or prefill 512."""
+        n = PROMPT_LEN if what == "decode" else 512
+        self.process.stdin.write(f"{what} {n}\n")
+        self.process.stdin.flush()
+        seconds = float(self.process.stdout.readline())
+        return (NEW_TOKENS if what == "decode" else n) / seconds
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
-def bench_prefill(neox, hf, T: int, runs: int) -> dict:
+def ct2_runs(ct2_python: str | None, folder: Path, computes: tuple[str, ...], what: str, threads: int) -> dict:
+    """{"ct2_<compute>": a function giving one run's tok/s} for `alternate`, and the workers to close."""
+    if not ct2_python:
+        return {}
+    workers = {f"ct2_{compute}": Ct2(ct2_python, folder, compute, threads) for compute in computes}
+    return {name: (lambda worker=worker: worker.rate(what), worker) for name, worker in workers.items()}
+
+
+def with_ct2(r: dict, values: dict, ct2: dict) -> dict:
+    """Add ctranslate2's runs (taken in the same alternation) to a result, and close its workers."""
+    for name, (_, worker) in ct2.items():
+        r[name] = summary(values[name])
+        worker.close()
+    return r
+
+
+def bench_prefill(neox, hf, T: int, runs: int, ct2: dict | None = None) -> dict:
+    """ct2: ctranslate2's runs to alternate with these (ct2_runs), T = 512 only."""
     from neox_mini.generation import prefill
 
     ids = torch.randint(0, 50000, (1, T), generator=torch.Generator().manual_seed(T))
@@ -346,8 +384,9 @@ def bench_prefill(neox, hf, T: int, runs: int) -> dict:
 
         return T / timed(go)
 
-    values = alternate({"neox": run_neox, "hf": run_hf}, runs)
-    return {"neox": summary(values["neox"]), "hf": summary(values["hf"])}
+    ct2 = ct2 or {}
+    values = alternate({"neox": run_neox, "hf": run_hf, **{name: run for name, (run, _) in ct2.items()}}, runs)
+    return with_ct2({"neox": summary(values["neox"]), "hf": summary(values["hf"])}, values, ct2)
 
 
 def load_eager(folder: Path, dtype: str):
@@ -892,12 +931,16 @@ def main(argv: list[str] | None = None) -> int:
                 if "decode" in a.only:
                     for batch in (1,) if quick_bf16 or (a.quick and size != "14m") else (1, 8):
                         goal = ">= 1.3x" if dtype == "fp32" else ">= 1.0x"
-                        r = bench_decode(neox, hf, batch, runs, NEW_TOKENS)
+                        theirs = ct2_runs(
+                            a.ct2_python if dtype == "fp32" and batch == 1 else None,
+                            folder,
+                            ("float32",),
+                            "decode",
+                            a.threads,
+                        )
+                        r = bench_decode(neox, hf, batch, runs, NEW_TOKENS, theirs)
                         ct2 = streaming(neox, r, r["neox"]) if batch == 1 else ""
-                        if a.ct2_python and dtype == "fp32" and batch == 1:
-                            r["ct2_float32"] = summary(
-                                ct2_rates(a.ct2_python, folder, "float32", "decode", runs, a.threads)
-                            )
+                        if "ct2_float32" in r:
                             theirs = r["ct2_float32"]["median"]
                             ct2 += f"; ctranslate2 float32 {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
                         record(
@@ -953,15 +996,12 @@ def main(argv: list[str] | None = None) -> int:
                 err = int8_error(from_pretrained(folder), neox8)
                 generate(neox8, torch.zeros(1, 4, dtype=torch.long), 2)  # measures matvec.py's choices
                 for what in ("decode", "prefill"):
+                    theirs = ct2_runs(a.ct2_python, folder, ("float32", "int8"), what, a.threads)
                     r = (
-                        bench_decode(neox8, hf, 1, runs, NEW_TOKENS)
+                        bench_decode(neox8, hf, 1, runs, NEW_TOKENS, theirs)
                         if what == "decode"
-                        else bench_prefill(neox8, hf, 512, runs)
+                        else bench_prefill(neox8, hf, 512, runs, theirs)
                     )
-                    if a.ct2_python:
-                        for compute in ("float32", "int8"):
-                            rates = ct2_rates(a.ct2_python, folder, compute, what, runs, a.threads)
-                            r[f"ct2_{compute}"] = summary(rates)
                     r["error"] = err
                     ct2 = streaming(neox8, r, r["neox"]) if what == "decode" else ""
                     for c in ("float32", "int8"):
@@ -986,14 +1026,14 @@ def main(argv: list[str] | None = None) -> int:
                     neox, hf = load_both(folder, dtype)
                     if quantization:
                         neox.quantize(quantization)
-                    r = bench_compiled(neox, hf, runs, NEW_TOKENS)
+                    compute = "int8" if quantization else "float32"
+                    r = bench_compiled(
+                        neox, hf, runs, NEW_TOKENS, ct2_runs(a.ct2_python, folder, (compute,), "decode", a.threads)
+                    )
                     kind = quantization or dtype
                     r["compile_first"], r["compile_cached"] = compile_seconds(folder, kind, a.threads)
                     ct2 = streaming(neox, r, r["neox"])
-                    if a.ct2_python:
-                        compute = "int8" if quantization else "float32"
-                        rates = ct2_rates(a.ct2_python, folder, compute, "decode", runs, a.threads)
-                        r[f"ct2_{compute}"] = summary(rates)
+                    if f"ct2_{compute}" in r:
                         theirs = r[f"ct2_{compute}"]["median"]
                         ct2 += f"; ctranslate2 {compute} {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
                     gain = r["compiled_again"]["median"] / r["uncompiled"]["median"]
