@@ -25,8 +25,8 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
   * An int8 model's decode kernels are chosen by timing whole decode steps, once per machine
     (choose_int8_decode_kernels): timed one product at a time, the kernels rank differently.
   * Opt-in, `compile_decode` (end of this file) has torch.compile fuse a decode step's ~15 small
-    ops per layer into a few loops: 1.06-1.41x per token in fp32 here, for tens of seconds of
-    compiling (int8: 0.7-1.1x, its products being opaque calls from the compiled code).
+    ops per layer into a few loops: 1.06-1.88x per token in fp32 here, for tens of seconds of
+    compiling (int8: 0.7-1.45x, its products being opaque calls from the compiled code).
 """
 
 from __future__ import annotations
