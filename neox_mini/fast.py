@@ -112,7 +112,7 @@ def mlp(block_mlp, x: torch.Tensor, sharded: bool = False) -> torch.Tensor:
 
 def project(layer, x: torch.Tensor) -> torch.Tensor:
     """A layer's product, [..., I] -> [..., O]: an nn.Linear through matvec.linear, an int8 layer
-    (quantize.py) through its own forward."""
+    (quantize.py) through matvec.int8_linear, as its forward does (without nn.Module's call)."""
     if isinstance(layer, Int8Linear):
         return int8_linear(x, layer.weight, layer.scale, layer.bias)
     return linear(x, layer.weight, layer.bias)

@@ -341,12 +341,7 @@ def decode_step_key(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int
 
 def int8_choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int) -> str:
     """The key of an int8 product with activations of `dtype`; all prefills share one per shape."""
-    return _int8_choice_key(dtype, *shape, rows if rows <= MAX_ROWS else f">{MAX_ROWS}", torch.get_num_threads())
-
-
-@functools.cache
-def _int8_choice_key(dtype: torch.dtype, O: int, I: int, rows: int | str, threads: int) -> str:
-    return "int8 " + _choice_key(dtype, O, I, rows, threads)
+    return "int8 " + choice_key(dtype, shape, rows if rows <= MAX_ROWS else f">{MAX_ROWS}")
 
 
 def cache_root() -> Path:

@@ -931,14 +931,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "decode" in a.only:
                     for batch in (1,) if quick_bf16 or (a.quick and size != "14m") else (1, 8):
                         goal = ">= 1.3x" if dtype == "fp32" else ">= 1.0x"
-                        theirs = ct2_runs(
+                        ct2_turns = ct2_runs(
                             a.ct2_python if dtype == "fp32" and batch == 1 else None,
                             folder,
                             ("float32",),
                             "decode",
                             a.threads,
                         )
-                        r = bench_decode(neox, hf, batch, runs, NEW_TOKENS, theirs)
+                        r = bench_decode(neox, hf, batch, runs, NEW_TOKENS, ct2_turns)
                         ct2 = streaming(neox, r, r["neox"]) if batch == 1 else ""
                         if "ct2_float32" in r:
                             theirs = r["ct2_float32"]["median"]
@@ -996,11 +996,11 @@ def main(argv: list[str] | None = None) -> int:
                 err = int8_error(from_pretrained(folder), neox8)
                 generate(neox8, torch.zeros(1, 4, dtype=torch.long), 2)  # measures matvec.py's choices
                 for what in ("decode", "prefill"):
-                    theirs = ct2_runs(a.ct2_python, folder, ("float32", "int8"), what, a.threads)
+                    ct2_turns = ct2_runs(a.ct2_python, folder, ("float32", "int8"), what, a.threads)
                     r = (
-                        bench_decode(neox8, hf, 1, runs, NEW_TOKENS, theirs)
+                        bench_decode(neox8, hf, 1, runs, NEW_TOKENS, ct2_turns)
                         if what == "decode"
-                        else bench_prefill(neox8, hf, 512, runs, theirs)
+                        else bench_prefill(neox8, hf, 512, runs, ct2_turns)
                     )
                     r["error"] = err
                     ct2 = streaming(neox8, r, r["neox"]) if what == "decode" else ""
