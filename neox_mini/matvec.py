@@ -141,9 +141,9 @@ def int8_fbgemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     stay under 3e-2, so it is a candidate only with VNNI, where they keep all 8.
     A decode step makes dozens of these products at 30-200 us each, so this path stays lean: the
     bias is added by the kernel, and an fp32 input goes in as it is ([..., I] -> [..., O])."""
-    if weight.is_inference() or scale.is_inference() or (bias is not None and bias.is_inference()):
-        return int8_dynamic(x, weight, scale, bias)  # no packed copy for these (packed_weight)
     packed = packed_weight("fbgemm", weight, scale, bias)
+    if packed is None:
+        return int8_dynamic(x, weight, scale, bias)
     y = torch.ops.quantized.linear_dynamic(x.float(), packed, not torch.cpu._is_vnni_supported())  # [..., O]
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
@@ -156,17 +156,15 @@ def int8_onednn(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     uint8 activations with one scale: each row goes in as q + 128 (zero point 128) with scale 1, and
     the row's own scale is applied to the fp32 result, which keeps the scale per row exact. Without
     VNNI the u8 x s8 pair sums can saturate 16 bits: there it is int8_dynamic (and no candidate)."""
-    if not torch.cpu._is_vnni_supported():
+    packed = packed_weight("onednn", weight, scale) if torch.cpu._is_vnni_supported() else None
+    if packed is None:
         return int8_dynamic(x, weight, scale, bias)
-    if weight.is_inference() or scale.is_inference():
-        return int8_dynamic(x, weight, scale, bias)  # no packed copy for these (packed_weight)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
     x2 = x.reshape(rows, I).float()  # [rows, I]
     x_scale = x2.abs().amax(1, keepdim=True).clamp_(min=1e-12).div_(127)  # [rows, 1], max|x| / 127
     # round(x / x_scale) is in [-127, 127]; + 128 moves it into uint8, and adding 128.5 before the
     # conversion (which truncates) rounds half up in the same pass.
     xu = (x2 / x_scale).add_(128.5).to(torch.uint8)  # [rows, I]
-    packed = packed_weight("onednn", weight, scale)
     zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
     y = torch.ops.onednn.qlinear_pointwise(
         xu, 1.0, 128, packed, scale.float(), zero_points, None, 1.0, 0, torch.float32, "none", [], ""
@@ -211,7 +209,10 @@ _packs: dict[tuple[str, int], tuple] = {}
 
 def packed_weight(kernel: str, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
     """The weight [O, I] int8 with scales [O], packed for kernel "fbgemm" (with the bias [O], which
-    that kernel adds) or "onednn"."""
+    that kernel adds) or "onednn"; None for inference tensors, which have no version counter to
+    tell an edit by (the kernels then compute int8_dynamic's product)."""
+    if any(t is not None and t.is_inference() for t in (weight, scale, bias)):
+        return None
     key = (kernel, weight.data_ptr())
     entry = _packs.get(key)
     if entry is not None and entry[0] == contents_stamp(weight, scale, bias):
@@ -233,8 +234,9 @@ def packed_weight(kernel: str, weight: torch.Tensor, scale: torch.Tensor, bias: 
             finally:
                 torch.backends.quantized.engine = engine
 
-    def forget(ref, key=key):
-        if _packs.get(key, (None, (None,)))[1][0] is ref:
+    def forget(ref, key=key):  # the weight is freed: drop its copy, unless another weight took the key
+        entry = _packs.get(key)
+        if entry is not None and entry[1][0] is ref:
             del _packs[key]
 
     refs = (weakref.ref(weight, forget), weakref.ref(scale), None if bias is None else weakref.ref(bias))

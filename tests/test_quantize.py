@@ -101,6 +101,20 @@ def test_a_packed_weight_edited_in_place_is_packed_again(kernel):
     assert key not in matvec._packs
 
 
+@pytest.mark.parametrize("kernel", ["fbgemm", "onednn"])
+def test_inference_tensors_are_computed_without_a_packed_copy(kernel):
+    """Inference tensors have no version counter, so an edit could not be told from the packed copy:
+    the packed kernels compute int8_dynamic's product for them and keep nothing."""
+    if f"int8-{kernel}" not in matvec.int8_candidates(rows=1):
+        pytest.skip(f"int8-{kernel} is not offered on this machine")
+    with torch.inference_mode():
+        q, scale = quantize_rows(torch.randn(96, 64, generator=torch.Generator().manual_seed(0)))
+        x, bias = torch.randn(1, 64), torch.randn(96)
+        y = matvec.INT8_METHODS[f"int8-{kernel}"](x, q, scale, bias)
+        assert torch.equal(y, matvec.int8_dynamic(x, q, scale, bias))
+    assert (kernel, q.data_ptr()) not in matvec._packs
+
+
 @pytest.mark.parametrize("method", list(matvec.INT8_METHODS))
 @pytest.mark.parametrize("size", ["14m", "70m"])
 def test_int8_model_within_its_tolerance_of_fp32(size, method, monkeypatch):
