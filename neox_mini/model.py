@@ -109,11 +109,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # ----------------------------------------------------------------------------- KV cache
 
 
-class KVCache(nn.Module):
+class KVCache:
     """Keys and values of the tokens seen so far, preallocated for max_seq_len and written in place.
 
     Allocated explicitly by `GPTNeoX.setup_kv_cache` (never on first use), so memory is known up front
     and decoding does no allocation or concatenation per token.
+
+    A plain object, not an nn.Module with buffers: it is state of one generation, not part of the
+    model. Module traversals (state_dict, named_buffers, torch.compile freezing the model's weights
+    into the compiled decode step, fast.compile_decode) must not take it for a weight.
     """
 
     def __init__(
@@ -125,10 +129,9 @@ class KVCache(nn.Module):
         dtype: torch.dtype,
         device: torch.device | str | None = None,
     ):
-        super().__init__()
         shape = (batch_size, num_heads, max_seq_len, head_size)  # [B, nh, max_seq_len, hs]
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v ([B, nh, T, hs]) at positions start_pos.., return all keys/values so far ([B, nh, S, hs])."""
