@@ -26,7 +26,8 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
     (choose_int8_decode_kernels): timed one product at a time, the kernels rank differently.
   * Opt-in, `compile_decode` (end of this file) has torch.compile fuse a decode step's ~15 small
     ops per layer into a few loops: 1.06-1.88x per token in fp32 here, for tens of seconds of
-    compiling (int8: 0.7-1.45x, its products being opaque calls from the compiled code).
+    compiling. An int8 model's weights are frozen into the compiled step, so inductor builds its
+    own int8 matrix-vector kernels for them.
 """
 
 from __future__ import annotations
@@ -282,6 +283,25 @@ def layer_kv_caches(model: GPTNeoX) -> list[tuple[torch.Tensor, torch.Tensor] | 
 
 _compiled_forward = None  # torch.compile(forward), made on first use (importing the compiler costs ~1 s)
 
+# How inductor compiles an int8 model's decode step. freezing: the weights become constants of the
+# compiled code, so inductor's C++ GEMM template (max_autotune, backend CPP) may lay each int8 weight
+# out once for its own matrix-vector kernel, which widens the int8 values in registers; max_autotune
+# times that kernel against ATen's _weight_int8pack_mm for each shape, once (inductor caches the
+# verdict). Against the opaque int8 calls of an unfrozen step it doubled 14m int8 decoding and sped
+# up 70m (docs/performance.md). fp32 steps are not frozen: they gained nothing measurable (14m: 477
+# against 466 tok/s) for a frozen copy of every weight (+186 MB).
+# Frozen weights are copies: an edit in place would not reach them, so prepare_decode compiles again
+# when the weights have changed since. And inductor's cache of compiled graphs must stay out of it:
+# it keys a frozen weight by shape and dtype only, and hands back the layout made from the weights of
+# the first compile (torch 2.13; tests/test_compile.py), another checkpoint's in a later process.
+FROZEN_INT8_OPTIONS = {
+    "freezing": True,
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+    "fx_graph_cache": False,
+    "autotune_num_choices_displayed": 0,  # its timings are not the user's business: no table on stderr
+}
+
 
 def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     """For an int8 model (quantize.py): choose the kernels of its decode products by timing whole
@@ -348,8 +368,11 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
     What it buys: the ~15 small operations per layer around the products (layer norms, rotary,
     attention, GELU, residual adds) become a few fused loops, which matters most where decoding is
     bound by the cost per operation (pythia-14m), little where it is bound by streaming the weights.
-    The float products are inductor's library calls (as F.linear's); the int8 ones stay opaque calls
-    to the kernel measured fastest here (matvec.py).
+    The float products are inductor's library calls (as F.linear's). An int8 model on the CPU is
+    compiled with its weights frozen (FROZEN_INT8_OPTIONS): inductor lays each int8 weight out for a
+    kernel of its own, which costs memory (a packed copy of each weight, as the uncompiled int8
+    kernels keep one too) and a minute of timing kernels the first time. Editing or replacing its
+    weights later is seen by the next generation (prepare_decode), which compiles again.
 
     Compiling takes tens of seconds the first time. Inductor keeps what it built in
     $TORCHINDUCTOR_CACHE_DIR (default: $NEOX_MINI_CACHE/inductor), so a later process with the same
@@ -386,6 +409,7 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
     finally:
         for block, cache in zip(model.gpt_neox.layers, kept, strict=True):
             block.attention.kv_cache = cache
+    model.compiled_weights_stamp = weights_stamp(model) if compile_options(model) else None
     return time.perf_counter() - start
 
 
@@ -403,12 +427,45 @@ def decode(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> t
         position_ids = torch.full_like(token, pos)  # [B, 1]: forward's default for one token
     else:
         position_ids = position_ids.clone(memory_format=torch.contiguous_format)
-    return _compiled_forward(
-        model,
-        token,
-        start_pos=pos,
-        checked=True,
-        position_ids=position_ids,
-        kv_caches=layer_kv_caches(model),
-        **forward_kwargs,
-    )
+    import torch._inductor.config as inductor_config  # loaded already: the step has been compiled
+
+    # Every call under the options: a step may compile again later (a new batch size, new weights).
+    with inductor_config.patch(compile_options(model)):
+        return _compiled_forward(
+            model,
+            token,
+            start_pos=pos,
+            checked=True,
+            position_ids=position_ids,
+            kv_caches=layer_kv_caches(model),
+            **forward_kwargs,
+        )
+
+
+def compile_options(model: GPTNeoX) -> dict:
+    """Inductor's options for model's compiled decode step: frozen weights for an int8 model on the CPU."""
+    frozen = model.quantization == "int8" and model.gpt_neox.final_layer_norm.weight.device.type == "cpu"
+    return FROZEN_INT8_OPTIONS if frozen else {}
+
+
+def prepare_decode(model: GPTNeoX, batch_size: int) -> None:
+    """What a generation does before its decode steps: an int8 model's kernels chosen (once per
+    machine, choose_int8_decode_kernels), and a compiled step built from weights that have since
+    been edited in place or replaced dropped. Its frozen copies of them are stale (an edit) or would
+    stay in memory beside a new step (a replacement); it compiles again on the next step. Dropping
+    clears every compiled decode step, other models' too: they compile again on their next call."""
+    choose_int8_decode_kernels(model, batch_size)
+    if not (model.compiled_decode and compile_options(model)):
+        return
+    stamp = weights_stamp(model)
+    if model.compiled_weights_stamp not in (None, stamp):
+        torch._dynamo.reset_code(forward.__wrapped__.__code__)
+    model.compiled_weights_stamp = stamp
+
+
+def weights_stamp(model: GPTNeoX) -> int:
+    """Changes when a parameter or buffer of model is edited in place (its version counter) or
+    replaced (the tensor object). Inference tensors have no counter and can be edited only inside
+    inference_mode: only replacing them counts. ~1.5 ms for 160m: once per generation, not per step."""
+    tensors = [t for tensors in (model.parameters(), model.buffers()) for t in tensors]
+    return hash(tuple((id(t), 0 if t.is_inference() else t._version) for t in tensors))

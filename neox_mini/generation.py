@@ -236,7 +236,7 @@ def generate_tokens(
     positions = torch.cat([prompt_positions, generated_positions], 1)  # [B, total]: real tokens before each
 
     if not full_forwards:
-        fast.choose_int8_decode_kernels(model, B)  # an int8 model's first decode on this machine
+        fast.prepare_decode(model, B)  # kernels chosen, a stale compiled step dropped
         model.setup_kv_cache(B, total)
     try:
         if full_forwards:

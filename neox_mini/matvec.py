@@ -64,7 +64,7 @@ def int8_linear(
     """F.linear(x, weight * scale[:, None], bias) for int8 weights [O, I] with per-row scales [O]
     (quantize.py): [..., I] -> [..., O] in x's dtype, by this machine's fastest method for few rows."""
     if torch.compiler.is_compiling():
-        return int8_linear_op(x, weight, scale, bias)
+        return int8_linear_traced(x, weight, scale, bias)
     rows = x.numel() // x.shape[-1]
     if weight.device.type != "cpu":
         return int8_dequant(x, weight, scale, bias)
@@ -75,20 +75,20 @@ def int8_linear(
     return INT8_METHODS[method](x, weight, scale, bias)
 
 
-# Inside torch.compile (fast.compile_decode) an int8 product is one opaque operator: inductor fuses
-# the small operations around it, and the product still runs by the method chosen on this machine.
-# Left to itself, inductor writes its own loop for it, which made a compiled 160m int8 decode step
-# twice as slow as the uncompiled one (docs/performance.md).
-@torch.library.custom_op("neox_mini::int8_linear", mutates_args=())
-def int8_linear_op(
+def int8_linear_traced(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    return int8_linear(x, weight, scale, bias)
-
-
-@int8_linear_op.register_fake
-def _(x, weight, scale, bias):
-    return x.new_empty(*x.shape[:-1], weight.shape[0])  # [..., O]
+    """int8_linear as torch.compile sees it (fast.compile_decode). On the CPU: PyTorch's int8
+    weight-only product (bf16 activations, as int8_pack), the form inductor lowers to its C++ GEMM
+    template when the weights are frozen and max_autotune is on: a kernel built for this shape that
+    widens the int8 weights in registers, timed against ATen's at compile time. Left as the
+    dequantizing product, inductor writes a plain loop for it, which made a compiled 160m int8 decode
+    step twice as slow as the uncompiled one (docs/performance.md). Elsewhere (a GPU): the
+    dequantizing product, which inductor fuses into one kernel, as gpt-fast does."""
+    if weight.device.type != "cpu":
+        return int8_dequant(x, weight, scale, bias)
+    # Loading keeps int8 weights 64-byte aligned (loading.py), as ATen's kernel needs.
+    return int8_pack_unchecked(x, weight, scale, bias)
 
 
 def chosen(key: str, measure) -> str:
@@ -113,6 +113,13 @@ def int8_pack(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
     aligned memory, and an unaligned one is computed the converting way instead."""
     if weight.data_ptr() % 64:
         return int8_dequant(x, weight, scale, bias)
+    return int8_pack_unchecked(x, weight, scale, bias)
+
+
+def int8_pack_unchecked(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """int8_pack without its alignment check (which a traced weight has no address for)."""
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
     y = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, I).to(torch.bfloat16), weight, scale.to(torch.bfloat16))
     y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]

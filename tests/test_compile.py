@@ -35,6 +35,7 @@ def decode_logits(model, ids: torch.Tensor, compiled: bool) -> torch.Tensor:
     ids = ids.clone()  # an inference tensor, as generate's sampled tokens are
     model.compiled_decode = compiled
     try:
+        fast.prepare_decode(model, ids.shape[0])  # as generate does before decoding
         model.setup_kv_cache(ids.shape[0], ids.shape[1] + 1)  # a slot to spare, as generate has
         fast.forward(model, ids[:, :4])
         steps = [fast.decode(model, ids[:, pos : pos + 1], pos) for pos in range(4, ids.shape[1])]
@@ -67,12 +68,39 @@ def test_greedy_tokens_identical(model):
     assert torch.equal(compiled, eager)
 
 
-def test_int8_within_int8_tolerance():
+@pytest.fixture(scope="module")
+def int8_model():
+    """A tiny int8 model with its decode step compiled, its weights frozen into it."""
     model = random_model(tiny(), seed=4).quantize("int8")
     fast.compile_decode(model)
-    ids = random_ids(model.config, batch=1, length=20, seed=3)
-    d = difference("int8 decode logits", decode_logits(model, ids, True), decode_logits(model, ids, False))
+    assert fast.compile_options(model)["freezing"]
+    return model
+
+
+def test_int8_within_int8_tolerance(int8_model):
+    ids = random_ids(int8_model.config, batch=1, length=20, seed=3)
+    d = difference("int8 decode logits", decode_logits(int8_model, ids, True), decode_logits(int8_model, ids, False))
     assert d.rel_error <= TOLERANCES["int8"], d
+
+
+def test_frozen_int8_weights_edited_or_replaced_are_seen(int8_model):
+    """The compiled int8 step holds copies of the weights: an edit in place, and a weight replaced,
+    must reach the next generation all the same."""
+    ids = random_ids(int8_model.config, batch=1, length=12, seed=4)
+    before = decode_logits(int8_model, ids, True)
+    head = int8_model.embed_out
+    changes = {
+        "edited in place": lambda: head.weight.neg_(),
+        "replaced": lambda: setattr(head, "scale", head.scale * 3),
+    }
+    for change, edit in changes.items():
+        with torch.no_grad():
+            edit()
+        compiled, eager = decode_logits(int8_model, ids, True), decode_logits(int8_model, ids, False)
+        d = difference(f"int8 decode logits, LM head {change}", compiled, eager)
+        assert d.rel_error <= TOLERANCES["int8"], d
+        assert difference("before and after", compiled, before).rel_error > 0.5  # the change is not lost in rounding
+        before = compiled
 
 
 def test_tensor_parallel_refused():
