@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -299,7 +300,9 @@ FROZEN_INT8_OPTIONS = {
     "max_autotune": True,
     "max_autotune_gemm_backends": "CPP,ATEN",
     "fx_graph_cache": False,
-    "autotune_num_choices_displayed": 0,  # its timings are not the user's business: no table on stderr
+    # The timings are inductor's business: no tables on stderr.
+    "autotune_num_choices_displayed": 0,
+    "max_autotune_report_choices_stats": False,
 }
 
 
@@ -395,7 +398,9 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
     kept = [block.attention.kv_cache for block in model.gpt_neox.layers]
     # Under inference_mode, as generate runs: the graph's guards tell its tensors from plain ones.
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # inductor's own use of a deprecated torch API, nothing the user can act on
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
             token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # [B, 1]
             # Two steps that differ in position and cache length: the second compile makes both
             # variables of the graph, so no later generation compiles again. generate passes each
