@@ -288,8 +288,8 @@ _compiled_forward = None  # torch.compile(forward), made on first use (importing
 # compiled code, so inductor's C++ GEMM template (max_autotune, backend CPP) may lay each int8 weight
 # out once for its own matrix-vector kernel, which widens the int8 values in registers; max_autotune
 # times that kernel against ATen's _weight_int8pack_mm for each shape, once (inductor caches the
-# verdict). Against the opaque int8 calls of an unfrozen step it doubled 14m int8 decoding and sped
-# up 70m (docs/performance.md). fp32 steps are not frozen: they gained nothing measurable (14m: 477
+# verdict). Compiled int8 decoding went from 1.0-1.45x to 1.4-2.5x the uncompiled step with it
+# (docs/performance.md). fp32 steps are not frozen: they gained nothing measurable (14m: 477
 # against 466 tok/s) for a frozen copy of every weight (+186 MB).
 # Frozen weights are copies: an edit in place would not reach them, so prepare_decode compiles again
 # when the weights have changed since. And inductor's cache of compiled graphs must stay out of it:
