@@ -374,12 +374,13 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
     The float products are inductor's library calls (as F.linear's). An int8 model on the CPU is
     compiled with its weights frozen (FROZEN_INT8_OPTIONS): inductor lays each int8 weight out for a
     kernel of its own, which costs memory (a packed copy of each weight, as the uncompiled int8
-    kernels keep one too) and a minute of timing kernels the first time. Editing or replacing its
-    weights later is seen by the next generation (prepare_decode), which compiles again.
+    kernels keep one too) and time: its compiled graph cannot be cached (FROZEN_INT8_OPTIONS), so
+    every start takes a minute or more. Editing or replacing its weights later is seen by the next
+    generation (prepare_decode), which compiles again.
 
     Compiling takes tens of seconds the first time. Inductor keeps what it built in
     $TORCHINDUCTOR_CACHE_DIR (default: $NEOX_MINI_CACHE/inductor), so a later process with the same
-    model shape, dtype and batch size takes a fraction of it. The warm-up compiles for `batch_size`
+    model shape, dtype and batch size takes a fraction of it (an fp32 model's). The warm-up compiles for `batch_size`
     rows; another batch size compiles once more when it first occurs, and so does a step that
     writes the cache's last slot (generate never does: the last token it samples is not fed back).
     Prefill is not compiled: its length changes with every prompt, and its time is in the products
