@@ -63,32 +63,22 @@ def int8_linear(
 ) -> torch.Tensor:
     """F.linear(x, weight * scale[:, None], bias) for int8 weights [O, I] with per-row scales [O]
     (quantize.py): [..., I] -> [..., O] in x's dtype, by this machine's fastest method for few rows."""
-    if torch.compiler.is_compiling():
-        return int8_linear_traced(x, weight, scale, bias)
-    rows = x.numel() // x.shape[-1]
     if weight.device.type != "cpu":
-        return int8_dequant(x, weight, scale, bias)
+        return int8_dequant(x, weight, scale, bias)  # under torch.compile, fused into one kernel
+    if torch.compiler.is_compiling():
+        # fast.compile_decode: PyTorch's int8 weight-only product (bf16 activations, as int8_pack),
+        # which inductor lowers to its C++ GEMM template when the weights are frozen and max_autotune
+        # is on: a kernel built for this shape that widens the int8 weights in registers, timed
+        # against ATen's at compile time. Left as the dequantizing product, inductor writes a plain
+        # loop for it, which made a compiled 160m int8 decode step twice as slow as the uncompiled
+        # one (docs/performance.md). Loading keeps int8 weights 64-byte aligned, as ATen's needs.
+        return int8_pack_unchecked(x, weight, scale, bias)
     # int8 weights, x.dtype activations; products of more than MAX_ROWS rows (prefill) share one
     # choice, measured on the first of them.
+    rows = x.numel() // x.shape[-1]
     key = int8_choice_key(x.dtype, weight.shape, rows)
     method = chosen(key, lambda: fastest(x, weight, bias, scale))
     return INT8_METHODS[method](x, weight, scale, bias)
-
-
-def int8_linear_traced(
-    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """int8_linear as torch.compile sees it (fast.compile_decode). On the CPU: PyTorch's int8
-    weight-only product (bf16 activations, as int8_pack), the form inductor lowers to its C++ GEMM
-    template when the weights are frozen and max_autotune is on: a kernel built for this shape that
-    widens the int8 weights in registers, timed against ATen's at compile time. Left as the
-    dequantizing product, inductor writes a plain loop for it, which made a compiled 160m int8 decode
-    step twice as slow as the uncompiled one (docs/performance.md). Elsewhere (a GPU): the
-    dequantizing product, which inductor fuses into one kernel, as gpt-fast does."""
-    if weight.device.type != "cpu":
-        return int8_dequant(x, weight, scale, bias)
-    # Loading keeps int8 weights 64-byte aligned (loading.py), as ATen's kernel needs.
-    return int8_pack_unchecked(x, weight, scale, bias)
 
 
 def chosen(key: str, measure) -> str:
