@@ -83,6 +83,15 @@ def test_sample_is_reproducible_per_row_generator():
     assert torch.equal(sample(logits, 0.0), logits.argmax(-1, keepdim=True))
 
 
+def test_greedy_picks_what_argmax_picks():
+    """Ties go to the first index, a NaN wins (generate then reports it), a flat row gives 0."""
+    logits = torch.randn(4, 50304, generator=torch.Generator().manual_seed(1))
+    logits[0, [10, 20]] = 50.0
+    logits[1, 7] = float("nan")
+    logits[2] = 1.0
+    assert sample(logits, 0.0)[:, 0].tolist() == logits.argmax(-1).tolist() == [10, 7, 0, int(logits[3].argmax())]
+
+
 def test_padded_vocab_rows_are_never_generated():
     """Make the padded rows (ids 50277..50303) by far the likeliest: the default mask still never
     emits them, and switching it off (vocab_limit = all rows) does: the mask is what stops them."""
