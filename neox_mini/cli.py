@@ -139,9 +139,18 @@ def add_generate_parser(sub) -> None:
     add_quantize_option(p)
     p.add_argument(
         "--compile",
-        action="store_true",
+        action="store_const",
+        const="default",
         help="decode through torch.compile: tens of seconds to compile the first time (cached after), "
         "faster per token after; see docs/performance.md",
+    )
+    p.add_argument(
+        "--compile-mode",
+        dest="compile",
+        choices=("default", "max-autotune"),  # fast.COMPILE_MODES, which would import torch here
+        help="--compile in this mode. max-autotune (CPU): weights frozen into the compiled step and "
+        "a kernel built for each: faster still, for a minute or more of compiling at every start and "
+        "~2x the weights' memory",
     )
     p.add_argument(
         "-n",
@@ -225,7 +234,8 @@ def cmd_generate(args) -> int:
     if args.compile:
         from .fast import compile_decode
 
-        print(f"compiled the decode step in {compile_decode(model):.1f} s", file=sys.stderr)
+        seconds = compile_decode(model, mode=args.compile)
+        print(f"compiled the decode step in {seconds:.1f} s", file=sys.stderr)
 
     context, n = model.config.max_position_embeddings, args.max_new_tokens
     if len(ids) + n > context:

@@ -26,8 +26,8 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
     (choose_int8_decode_kernels): timed one product at a time, the kernels rank differently.
   * Opt-in, `compile_decode` (end of this file) has torch.compile fuse a decode step's ~15 small
     ops per layer into a few loops: 1.06-1.88x per token in fp32 here, for tens of seconds of
-    compiling. An int8 model's weights are frozen into the compiled step, so inductor builds its
-    own int8 matrix-vector kernels for them.
+    compiling. In mode "max-autotune", and always for an int8 model, the weights are frozen into
+    the compiled step, so inductor builds and times its own matrix-vector kernels for them.
 """
 
 from __future__ import annotations
@@ -285,18 +285,20 @@ def layer_kv_caches(model: GPTNeoX) -> list[tuple[torch.Tensor, torch.Tensor] | 
 
 _compiled_forward = None  # torch.compile(forward), made on first use (importing the compiler costs ~1 s)
 
-# How inductor compiles an int8 model's decode step. freezing: the weights become constants of the
-# compiled code, so inductor's C++ GEMM template (max_autotune, backend CPP) may lay each int8 weight
-# out once for its own matrix-vector kernel, which widens the int8 values in registers; max_autotune
-# times that kernel against ATen's _weight_int8pack_mm for each shape, once (inductor caches the
-# verdict). Compiled int8 decoding went from 1.0-1.45x to 1.4-2.5x the uncompiled step with it
-# (docs/performance.md). fp32 steps are not frozen: they gained nothing measurable (14m: 477
-# against 466 tok/s) for a frozen copy of every weight (+186 MB).
+# How inductor compiles a decode step with frozen weights (an int8 model's always, a float model's in
+# mode "max-autotune"). freezing: the weights become constants of the compiled code, so inductor's C++
+# GEMM template (max_autotune, backend CPP) may lay each weight out once for its own matrix-vector
+# kernel (for int8, one that widens the values in registers), with the layer norm or GELU that follows
+# fused into it; max_autotune times that kernel against ATen's product for each shape, once (inductor
+# caches the verdict). A float weight left to ATen is repacked for MKL's packed product. Compiled int8
+# decoding went from 1.0-1.45x to 1.4-2.5x the uncompiled step with it, fp32 decoding by 1.1-1.25x
+# (docs/performance.md), for more memory: the packed copies (for fp32, ~2x the weights' size).
 # Frozen weights are copies: an edit in place would not reach them, so prepare_decode compiles again
 # when the weights have changed since. And inductor's cache of compiled graphs must stay out of it:
 # it keys a frozen weight by shape and dtype only, and hands back the layout made from the weights of
-# the first compile (torch 2.13; tests/test_compile.py), another checkpoint's in a later process.
-FROZEN_INT8_OPTIONS = {
+# the first compile (torch 2.13; tests/test_compile.py), another checkpoint's in a later process. (For
+# fp32 it could not store the graph anyway: MKL's packed weights cannot be pickled.)
+FROZEN_OPTIONS = {
     "freezing": True,
     "max_autotune": True,
     "max_autotune_gemm_backends": "CPP,ATEN",
@@ -365,27 +367,34 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     return time.perf_counter() - began
 
 
-def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
+COMPILE_MODES = ("default", "max-autotune")
+
+
+def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -> float:
     """From now on, run the model's decode steps (one token per row, `decode`) through torch.compile;
     returns the seconds spent compiling them, done here rather than inside the first generation.
 
     What it buys: the ~15 small operations per layer around the products (layer norms, rotary,
     attention, GELU, residual adds) become a few fused loops, which matters most where decoding is
     bound by the cost per operation (pythia-14m), little where it is bound by streaming the weights.
-    The float products are inductor's library calls (as F.linear's). An int8 model on the CPU is
-    compiled with its weights frozen (FROZEN_INT8_OPTIONS): inductor lays each int8 weight out for a
-    kernel of its own, which costs memory (a packed copy of each weight, as the uncompiled int8
-    kernels keep one too) and time: its compiled graph cannot be cached (FROZEN_INT8_OPTIONS), so
-    every start takes a minute or more. Editing or replacing its weights later is seen by the next
-    generation (prepare_decode), which compiles again.
 
-    Compiling takes tens of seconds the first time. Inductor keeps what it built in
-    $TORCHINDUCTOR_CACHE_DIR (default: $NEOX_MINI_CACHE/inductor), so a later process with the same
-    model shape, dtype and batch size takes a fraction of it (an fp32 model's). The warm-up compiles for `batch_size`
-    rows; another batch size compiles once more when it first occurs, and so does a step that
-    writes the cache's last slot (generate never does: the last token it samples is not fed back).
-    Prefill is not compiled: its length changes with every prompt, and its time is in the products
-    already."""
+    mode "default": the float products are inductor's library calls (as F.linear's), and inductor
+    keeps what it built in $TORCHINDUCTOR_CACHE_DIR (default: $NEOX_MINI_CACHE/inductor), so a later
+    process with the same model shape, dtype and batch size compiles in a fraction of the first
+    time. mode "max-autotune" (as torch.compile's), on the CPU: the weights are frozen into the
+    compiled step (FROZEN_OPTIONS) and inductor builds and times its own kernel for each product,
+    1.1-1.25x faster fp32 decoding here (docs/performance.md), for more memory (~2x the weights, in
+    packed copies) and a minute or more of compiling at every start: a frozen graph cannot be
+    cached (off the CPU, it is the default mode). An int8 model on the CPU is always compiled that
+    way: inductor's own int8 kernels are what make its compiled step fast. Editing or replacing
+    frozen weights later is seen by the next generation (prepare_decode), which compiles again.
+
+    The warm-up compiles for `batch_size` rows; another batch size compiles once more when it first
+    occurs, and so does a step that writes the cache's last slot (generate never does: the last
+    token it samples is not fed back). Prefill is not compiled: its length changes with every
+    prompt, and its time is in the products already."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     global _compiled_forward
     if model.shard_group is not None:
         raise ValueError("compile_decode does not support tensor parallelism: its collectives run outside the compiler")
@@ -395,7 +404,11 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1) -> float:
         # forward without its inference_mode decorator, which dynamo does not trace through; the
         # compiled step is called inside inference_mode all the same (decode).
         _compiled_forward = torch.compile(forward.__wrapped__)
-    model.compiled_decode = True
+    if model.compile_mode != mode:
+        # Graphs compiled in the other mode would pass dynamo's guards and run on: drop them (every
+        # model's: the others compile again on their next step).
+        torch._dynamo.reset_code(forward.__wrapped__.__code__)
+    model.compiled_decode, model.compile_mode = True, mode
     device = model.gpt_neox.final_layer_norm.weight.device
     kept = [block.attention.kv_cache for block in model.gpt_neox.layers]
     # Under inference_mode, as generate runs: the graph's guards tell its tensors from plain ones.
@@ -452,9 +465,11 @@ def decode(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> t
 
 
 def compile_options(model: GPTNeoX) -> dict:
-    """Inductor's options for model's compiled decode step: frozen weights for an int8 model on the CPU."""
-    frozen = model.quantization == "int8" and model.gpt_neox.final_layer_norm.weight.device.type == "cpu"
-    return FROZEN_INT8_OPTIONS if frozen else {}
+    """Inductor's options for model's compiled decode step: frozen weights on the CPU for an int8 model
+    or in mode "max-autotune" (compile_decode)."""
+    on_cpu = model.gpt_neox.final_layer_norm.weight.device.type == "cpu"
+    frozen = on_cpu and (model.quantization == "int8" or model.compile_mode == "max-autotune")
+    return FROZEN_OPTIONS if frozen else {}
 
 
 def prepare_decode(model: GPTNeoX, batch_size: int) -> None:

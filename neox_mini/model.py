@@ -287,6 +287,7 @@ class GPTNeoX(nn.Module):
         self.shard_group = None
         self.quantization: str | None = None  # "int8" once quantize() has run
         self.compiled_decode = False  # decode steps through torch.compile (fast.compile_decode)
+        self.compile_mode = "default"  # and how: fast.COMPILE_MODES
         self.compiled_weights_stamp: int | None = None  # the weights frozen into it (fast.prepare_decode)
 
     # -- KV cache, allocated explicitly --------------------------------------------------------

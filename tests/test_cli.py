@@ -138,6 +138,8 @@ def test_compiled_greedy_prints_the_same(run, tiny, hf_greedy, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = run("generate", "--compile", "--model", str(tiny / "missing"), "Hello")
     assert_error(result, "--compile with tensor parallelism is not supported")
+    result = run("generate", "--compile-mode", "max-autotune", "--model", str(tiny / "missing"), "Hello")
+    assert_error(result, "--compile with tensor parallelism is not supported")
 
 
 def test_seeded_sampling_is_reproducible(run, tiny):

@@ -1,10 +1,12 @@
 """The opt-in compiled decode step (fast.compile_decode) computes what the uncompiled one does.
 
-fp32: the same logits at the fp32 tolerance step by step, and identical greedy tokens; int8: within
-the int8 tolerance of the uncompiled int8 model. The warm-up must leave nothing to compile for a
-new prompt length or cache length (dynamo is told to fail on a recompile). No timing is asserted
-here (scripts/bench.py --only compile measures it). Compiling costs ~10 s the first time per test
-process; the compiled code lands in this session's own cache folder (conftest.py).
+fp32: the same logits at the fp32 tolerance step by step, and identical greedy tokens, in both
+modes; int8: within the int8 tolerance of the uncompiled int8 model. Weights frozen into a compiled
+step (int8, and fp32 in mode "max-autotune") are copies: edits must reach it all the same. The
+warm-up must leave nothing to compile for a new prompt length or cache length (dynamo is told to
+fail on a recompile). No timing is asserted here (scripts/bench.py --only compile measures it).
+Compiling costs ~10 s the first time per test process (a frozen fp32 step ~50 s: inductor times
+its kernels); the compiled code lands in this session's own cache folder (conftest.py).
 """
 
 from __future__ import annotations
@@ -83,24 +85,63 @@ def test_int8_within_int8_tolerance(int8_model):
     assert d.rel_error <= TOLERANCES["int8"], d
 
 
-def test_frozen_int8_weights_edited_or_replaced_are_seen(int8_model):
-    """The compiled int8 step holds copies of the weights: an edit in place, and a weight replaced,
-    must reach the next generation all the same."""
-    ids = random_ids(int8_model.config, batch=1, length=12, seed=4)
-    before = decode_logits(int8_model, ids, True)
-    head = int8_model.embed_out
+@pytest.fixture(scope="module")
+def frozen_model():
+    """A tiny fp32 model with its decode step compiled in mode max-autotune: weights frozen into it."""
+    model = random_model(tiny(), seed=6)
+    fast.compile_decode(model, mode="max-autotune")
+    assert fast.compile_options(model)["freezing"]
+    return model
+
+
+def test_max_autotune_same_logits_and_tokens(frozen_model):
+    ids = random_ids(frozen_model.config, batch=1, length=20, seed=5)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = decode_logits(frozen_model, ids, True)
+    d = difference("max-autotune decode logits", compiled, decode_logits(frozen_model, ids, False))
+    assert d.rel_error <= TOLERANCES["float32"], d
+    ids = random_ids(frozen_model.config, batch=1, length=9, seed=6)
+    compiled = generate(frozen_model, ids, 24, vocab_limit=frozen_model.config.vocab_size)
+    frozen_model.compiled_decode = False
+    try:
+        eager = generate(frozen_model, ids, 24, vocab_limit=frozen_model.config.vocab_size)
+    finally:
+        frozen_model.compiled_decode = True
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("which", ["int8_model", "frozen_model"])
+def test_frozen_weights_edited_or_replaced_are_seen(which, request):
+    """A compiled step with frozen weights holds copies of them: an edit in place, and a weight
+    replaced, must reach the next generation all the same."""
+    model = request.getfixturevalue(which)
+    tolerance = TOLERANCES["int8" if model.quantization else "float32"]
+    ids = random_ids(model.config, batch=1, length=12, seed=4)
+    before = decode_logits(model, ids, True)
+    head = model.embed_out
     changes = {
         "edited in place": lambda: head.weight.neg_(),
-        "replaced": lambda: setattr(head, "scale", head.scale * 3),
+        "replaced": (
+            (lambda: setattr(head, "scale", head.scale * 3))
+            if model.quantization
+            else (lambda: setattr(head, "weight", torch.nn.Parameter(head.weight * 3)))
+        ),
     }
     for change, edit in changes.items():
         with torch.no_grad():
             edit()
-        compiled, eager = decode_logits(int8_model, ids, True), decode_logits(int8_model, ids, False)
-        d = difference(f"int8 decode logits, LM head {change}", compiled, eager)
-        assert d.rel_error <= TOLERANCES["int8"], d
+        compiled, eager = decode_logits(model, ids, True), decode_logits(model, ids, False)
+        d = difference(f"{which} decode logits, LM head {change}", compiled, eager)
+        assert d.rel_error <= tolerance, d
         assert difference("before and after", compiled, before).rel_error > 0.5  # the change is not lost in rounding
         before = compiled
+
+
+def test_unknown_mode_refused():
+    model = random_model(tiny(), seed=7)
+    with pytest.raises(ValueError, match="compile mode 'fast'"):
+        fast.compile_decode(model, mode="fast")
+    assert not model.compiled_decode
 
 
 def test_tensor_parallel_refused():
