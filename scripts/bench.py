@@ -43,9 +43,10 @@ of --runs runs with min-max, and the ratio neox / transformers:
             and int8) on the same checkpoint, converted once by ct2-transformers-converter in
             that interpreter.
   compile   decode tok/s (batch 1) with the decode step compiled (fast.compile_decode, --compile),
-            fp32 and int8, vs transformers fp32, next to the same model uncompiled (alternating,
-            in-process), and the seconds compile_decode takes in a fresh process, first with an
-            empty inductor cache, then with the cache the first one left. With
+            fp32 (modes default and max-autotune) and int8, vs transformers fp32, next to the
+            same model uncompiled (alternating, in-process), and the seconds compile_decode takes
+            in a fresh process, first with an empty inductor cache, then with the cache the first
+            one left (a step with frozen weights is not cached: it compiles again). With
             --ct2-python, also against ctranslate2 float32 / int8.
   eval      lm-evaluation-harness on neox_mini.lm_eval.example_tasks (one task per request type)
             with the neox_mini model vs lm-eval's own `--model hf`, on a random 70m-shape
@@ -238,11 +239,11 @@ torch.set_num_threads(int(sys.argv[2]))
 model = from_pretrained(sys.argv[1])
 if sys.argv[3] != "fp32":
     model.quantize(sys.argv[3])
-print(fast.compile_decode(model))
+print(fast.compile_decode(model, mode=sys.argv[4]))
 """
 
 
-def compile_seconds(folder: Path, kind: str, threads: int) -> tuple[float, float]:
+def compile_seconds(folder: Path, kind: str, mode: str, threads: int) -> tuple[float, float]:
     """Seconds of compile_decode in a fresh process with an empty inductor cache, then in a second
     fresh process that finds the first one's cache."""
     with tempfile.TemporaryDirectory() as inductor:
@@ -250,18 +251,18 @@ def compile_seconds(folder: Path, kind: str, threads: int) -> tuple[float, float
         seconds = []
         for _ in range(2):
             wait_quiet()
-            run = [sys.executable, "-c", COMPILE_RUN, str(folder), str(threads), kind]
+            run = [sys.executable, "-c", COMPILE_RUN, str(folder), str(threads), kind, mode]
             out = subprocess.run(run, capture_output=True, text=True, check=True, env=env)
             seconds.append(float(out.stdout.strip().splitlines()[-1]))
     return seconds[0], seconds[1]
 
 
-def bench_compiled(neox, hf, runs: int, new_tokens: int, ct2: dict | None = None) -> dict:
-    """Decode with the step compiled (fast.compile_decode) vs transformers (and ctranslate2), and vs
-    the same model uncompiled, all alternating."""
+def bench_compiled(neox, hf, mode: str, runs: int, new_tokens: int, ct2: dict | None = None) -> dict:
+    """Decode with the step compiled (fast.compile_decode in this mode) vs transformers (and
+    ctranslate2), and vs the same model uncompiled, all alternating."""
     from neox_mini import fast, generate
 
-    fast.compile_decode(neox)
+    fast.compile_decode(neox, mode=mode)
     r = bench_decode(neox, hf, 1, runs, new_tokens, ct2)
     ids = torch.randint(0, 50000, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
 
@@ -1022,32 +1023,42 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 del neox8, hf
             if "compile" in a.only and dtype == "fp32":
-                for quantization in (None, "int8"):
+                from neox_mini.fast import compile_options
+
+                for quantization, mode in ((None, "default"), (None, "max-autotune"), ("int8", "default")):
                     neox, hf = load_both(folder, dtype)
                     if quantization:
                         neox.quantize(quantization)
                     compute = "int8" if quantization else "float32"
                     r = bench_compiled(
-                        neox, hf, runs, NEW_TOKENS, ct2_runs(a.ct2_python, folder, (compute,), "decode", a.threads)
+                        neox,
+                        hf,
+                        mode,
+                        runs,
+                        NEW_TOKENS,
+                        ct2_runs(a.ct2_python, folder, (compute,), "decode", a.threads),
                     )
                     kind = quantization or dtype
-                    r["compile_first"], r["compile_cached"] = compile_seconds(folder, kind, a.threads)
+                    r["compile_first"], r["compile_cached"] = compile_seconds(folder, kind, mode, a.threads)
                     ct2 = streaming(neox, r, r["neox"])
                     if f"ct2_{compute}" in r:
                         theirs = r[f"ct2_{compute}"]["median"]
                         ct2 += f"; ctranslate2 {compute} {theirs:.0f} = {r['neox']['median'] / theirs:.2f}x"
                     gain = r["compiled_again"]["median"] / r["uncompiled"]["median"]
-
+                    frozen = compile_options(neox).get("freezing", False)
+                    label = kind if mode == "default" else f"{kind} {mode}"
                     record(
                         "compile",
                         size,
                         kind,
-                        {},
+                        {"mode": mode},
                         r,
-                        f"{size} {kind} decode tok/s, batch 1, compiled, vs transformers fp32 (uncompiled "
+                        f"{size} {label} decode tok/s, batch 1, compiled, vs transformers fp32 (uncompiled "
                         f"{r['uncompiled']['median']:.0f}: compiled = {gain:.2f}x; compile "
-                        f"{r['compile_first']:.0f} s, {r['compile_cached']:.0f} s from the cache"
-                        f"{ct2})" + ("" if r["same_tokens"] or quantization else " (tokens differ!)"),
+                        f"{r['compile_first']:.0f} s, {r['compile_cached']:.0f} s "
+                        + ("again (frozen: not cached)" if frozen else "from the cache")
+                        + f"{ct2})"
+                        + ("" if r["same_tokens"] or quantization else " (tokens differ!)"),
                         0,
                         ">= 1.3x" if not quantization else ">= 1.0x ctranslate2 int8",
                     )
