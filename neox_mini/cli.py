@@ -150,7 +150,7 @@ def add_generate_parser(sub) -> None:
         choices=("default", "max-autotune"),  # fast.COMPILE_MODES, which would import torch here
         help="--compile in this mode. max-autotune (CPU): weights frozen into the compiled step and "
         "a kernel built for each: faster still, for a minute or more of compiling at every start and "
-        "~2x the weights' memory",
+        "the weights' size again in memory",
     )
     p.add_argument(
         "-n",

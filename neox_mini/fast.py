@@ -292,7 +292,7 @@ _compiled_forward = None  # torch.compile(forward), made on first use (importing
 # fused into it; max_autotune times that kernel against ATen's product for each shape, once (inductor
 # caches the verdict). A float weight left to ATen is repacked for MKL's packed product. Compiled int8
 # decoding went from 1.0-1.45x to 1.4-2.5x the uncompiled step with it, fp32 decoding by 1.1-1.25x
-# (docs/performance.md), for more memory: the packed copies (for fp32, ~2x the weights' size).
+# (docs/performance.md), for more memory: the packed copies (for fp32, the weights' size again).
 # Frozen weights are copies: an edit in place would not reach them, so prepare_decode compiles again
 # when the weights have changed since. And inductor's cache of compiled graphs must stay out of it:
 # it keys a frozen weight by shape and dtype only, and hands back the layout made from the weights of
@@ -383,8 +383,8 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
     process with the same model shape, dtype and batch size compiles in a fraction of the first
     time. mode "max-autotune" (as torch.compile's), on the CPU: the weights are frozen into the
     compiled step (FROZEN_OPTIONS) and inductor builds and times its own kernel for each product,
-    1.1-1.25x faster fp32 decoding here (docs/performance.md), for more memory (~2x the weights, in
-    packed copies) and a minute or more of compiling at every start: a frozen graph cannot be
+    1.1-1.25x faster fp32 decoding here (docs/performance.md), for more memory (a packed copy of the
+    weights) and a minute or more of compiling at every start: a frozen graph cannot be
     cached (off the CPU, it is the default mode). An int8 model on the CPU is always compiled that
     way: inductor's own int8 kernels are what make its compiled step fast. Editing or replacing
     frozen weights later is seen by the next generation (prepare_decode), which compiles again.
@@ -420,9 +420,7 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
             # Two steps that differ in position and cache length: the second compile makes both
             # variables of the graph, so no later generation compiles again. generate passes each
             # row's position (left padding shifts them), so the warm-up does too.
-            for pos, length in ((1, 4), (2, 5)):
-                model.setup_kv_cache(batch_size, length)
-                decode(model, token, pos, position_ids=torch.full_like(token, pos))
+            warm_up_steps(model, token)
     except BaseException:
         model.compiled_decode = False  # a failed compile leaves the model as it was
         raise
@@ -433,10 +431,39 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
     return time.perf_counter() - start
 
 
+def warm_up_steps(model: GPTNeoX, token: torch.Tensor) -> None:
+    """compile_decode's two steps, [B, 1] token ids: at position 1 in a cache of 4, then at 2 in 5.
+
+    The first compiles a graph for that one position and length, which no generation runs again
+    (the second compiles the graph they run, with both as variables). A float model's first graph is
+    therefore compiled without frozen weights (it reads them as they are): frozen, it would keep a
+    second packed copy of every weight and time inductor's kernels a second time. If dynamo already
+    knows both as variables (this step was compiled before in this process), the first step
+    compiles the graph every generation runs, and the second compiles nothing: that graph is
+    then dropped and compiled again with the model's options. An int8 model's is always frozen:
+    inductor cannot lower its product on weights that are not."""
+    from torch._dynamo.utils import counters
+
+    options = compile_options(model)
+    first = {} if options and not model.quantization else None
+    batch_size = token.shape[0]
+    graphs = []
+    for step_options, (pos, length) in ((first, (1, 4)), (None, (2, 5))):
+        model.setup_kv_cache(batch_size, length)
+        decode(model, token, pos, step_options, position_ids=torch.full_like(token, pos))
+        graphs.append(counters["stats"]["unique_graphs"])
+    if first is not None and graphs[1] == graphs[0]:
+        torch._dynamo.reset_code(forward.__wrapped__.__code__)
+        decode(model, token, 2, position_ids=torch.full_like(token, 2))
+
+
 @torch.inference_mode()
-def decode(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> torch.Tensor:
+def decode(
+    model: GPTNeoX, token: torch.Tensor, pos: int, options: dict | None = None, **forward_kwargs
+) -> torch.Tensor:
     """One decode step, [B, 1] ids at sequence index pos -> logits [B, 1, V]: forward(..., checked=True),
-    compiled when compile_decode has been called for this model."""
+    compiled when compile_decode has been called for this model, with inductor's `options` if it
+    compiles now (default: the model's, compile_options)."""
     if not model.compiled_decode:
         return forward(model, token, start_pos=pos, checked=True, **forward_kwargs)
     # Fresh [B, 1] tensors: the compiled graph is guarded on strides, and a column of a [B, total]
@@ -451,7 +478,7 @@ def decode(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> t
 
     # Every call under the model's options, if it has any: a step may compile again later (a new
     # batch size, new weights). Patching even an empty set costs ~12 us a step, so none is made then.
-    options = compile_options(model)
+    options = compile_options(model) if options is None else options
     with inductor_config.patch(options) if options else contextlib.nullcontext():
         return _compiled_forward(
             model,

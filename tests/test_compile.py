@@ -85,13 +85,34 @@ def test_int8_within_int8_tolerance(int8_model):
     assert d.rel_error <= TOLERANCES["int8"], d
 
 
+def compile_frozen(model, mode: str = "max-autotune") -> None:
+    """compile_decode, and check that the weights were frozen into the step that generations run:
+    inductor repacks float weights for MKL only when they are constants of the graph."""
+    from torch._dynamo.utils import counters
+
+    before = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
+    fast.compile_decode(model, mode=mode)
+    assert fast.compile_options(model)["freezing"]
+    assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > before, "no weight was frozen"
+    ids = random_ids(model.config, batch=1, length=12, seed=8)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # the step compiled is the one that runs
+        decode_logits(model, ids, True)
+
+
 @pytest.fixture(scope="module")
 def frozen_model():
     """A tiny fp32 model with its decode step compiled in mode max-autotune: weights frozen into it."""
+    torch._dynamo.reset()  # a process that has not compiled the step yet
     model = random_model(tiny(), seed=6)
-    fast.compile_decode(model, mode="max-autotune")
-    assert fast.compile_options(model)["freezing"]
+    compile_frozen(model)
     return model
+
+
+def test_max_autotune_after_default_is_frozen(frozen_model):
+    """Once dynamo has compiled the step with variable positions, the warm-up's first step already
+    compiles the graph generations run: it must still end up with frozen weights."""
+    fast.compile_decode(frozen_model)
+    compile_frozen(frozen_model)
 
 
 def test_max_autotune_same_logits_and_tokens(frozen_model):
