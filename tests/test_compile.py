@@ -59,8 +59,9 @@ def test_same_logits_and_no_recompile(model):
     assert d.rel_error <= TOLERANCES["float32"], d
 
 
-def test_greedy_tokens_identical(model):
-    ids = random_ids(model.config, batch=1, length=9, seed=2)
+def assert_same_greedy_tokens(model, seed: int) -> None:
+    """24 greedy tokens after a 9-token prompt: the same compiled and uncompiled."""
+    ids = random_ids(model.config, batch=1, length=9, seed=seed)
     compiled = generate(model, ids, 24, vocab_limit=model.config.vocab_size)
     model.compiled_decode = False
     try:
@@ -68,6 +69,10 @@ def test_greedy_tokens_identical(model):
     finally:
         model.compiled_decode = True
     assert torch.equal(compiled, eager)
+
+
+def test_greedy_tokens_identical(model):
+    assert_same_greedy_tokens(model, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +126,7 @@ def test_max_autotune_same_logits_and_tokens(frozen_model):
         compiled = decode_logits(frozen_model, ids, True)
     d = difference("max-autotune decode logits", compiled, decode_logits(frozen_model, ids, False))
     assert d.rel_error <= TOLERANCES["float32"], d
-    ids = random_ids(frozen_model.config, batch=1, length=9, seed=6)
-    compiled = generate(frozen_model, ids, 24, vocab_limit=frozen_model.config.vocab_size)
-    frozen_model.compiled_decode = False
-    try:
-        eager = generate(frozen_model, ids, 24, vocab_limit=frozen_model.config.vocab_size)
-    finally:
-        frozen_model.compiled_decode = True
-    assert torch.equal(compiled, eager)
+    assert_same_greedy_tokens(frozen_model, seed=6)
 
 
 @pytest.mark.parametrize("which", ["int8_model", "frozen_model"])
