@@ -90,13 +90,13 @@ def test_int8_within_int8_tolerance(int8_model):
     assert d.rel_error <= TOLERANCES["int8"], d
 
 
-def compile_frozen(model, mode: str = "max-autotune") -> None:
-    """compile_decode, and check that the weights were frozen into the step that generations run:
+def compile_frozen(model) -> None:
+    """compile_decode in mode max-autotune, and check that the weights were frozen into the step that generations run:
     inductor repacks float weights for MKL only when they are constants of the graph."""
     from torch._dynamo.utils import counters
 
     before = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
-    fast.compile_decode(model, mode=mode)
+    fast.compile_decode(model, mode="max-autotune")
     assert fast.compile_options(model)["freezing"]
     assert counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > before, "no weight was frozen"
     ids = random_ids(model.config, batch=1, length=12, seed=8)
