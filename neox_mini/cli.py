@@ -149,7 +149,7 @@ def add_generate_parser(sub) -> None:
         dest="compile",
         choices=("default", "max-autotune"),  # fast.COMPILE_MODES, which would import torch here
         help="--compile in this mode. max-autotune (CPU): weights frozen into the compiled step and "
-        "a kernel built for each: faster still, for a minute or more of compiling at every start and "
+        "a kernel built for each: faster still, for half a minute to two of compiling at every start and "
         "the weights' size again in memory",
     )
     p.add_argument(

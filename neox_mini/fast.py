@@ -384,7 +384,7 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
     time. mode "max-autotune" (as torch.compile's), on the CPU: the weights are frozen into the
     compiled step (FROZEN_OPTIONS) and inductor builds and times its own kernel for each product,
     1.1-1.25x faster fp32 decoding here (docs/performance.md), for more memory (a packed copy of the
-    weights) and a minute or more of compiling at every start: a frozen graph cannot be
+    weights) and half a minute to two of compiling at every start: a frozen graph cannot be
     cached (off the CPU, it is the default mode). An int8 model on the CPU is always compiled that
     way: inductor's own int8 kernels are what make its compiled step fast. Editing or replacing
     frozen weights later is seen by the next generation (prepare_decode), which compiles again.
