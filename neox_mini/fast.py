@@ -308,6 +308,18 @@ FROZEN_OPTIONS = {
     "max_autotune_report_choices_stats": False,
 }
 
+# An int8 model's products get inductor's template alone. max_autotune times each kernel on its own,
+# its weight hot in the caches, and there ATen's _weight_int8pack_mm wins some shapes (160m's
+# 3072 -> 768); inside a decode step, where each weight comes from memory after all the others,
+# the template alone made whole steps faster. Compiled steps alternating in one process
+# (docs/performance.md): 160m 10.3 -> 9.1 ms, 14m 1.44 -> 1.31 ms, 70m the same within noise; with
+# inductor and ATen both held to AVX2, 160m 16.6 -> 13.7 ms. With one choice there is nothing to
+# time, so compiling takes half as long. Where the template has no int8 kernel (it has them for
+# AVX2 and AVX-512), inductor finds no choice at all: decode then compiles with ATen's kernel
+# allowed too (FROZEN_OPTIONS), and so does every later compile in this process.
+INT8_OPTIONS = {**FROZEN_OPTIONS, "max_autotune_gemm_backends": "CPP"}
+_int8_template_usable = True  # False once inductor had no choice for an int8 product (decode)
+
 
 def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     """For an int8 model (quantize.py): choose the kernels of its decode products by timing whole
@@ -479,24 +491,43 @@ def decode(
     # Every call under the model's options, if it has any: a step may compile again later (a new
     # batch size, new weights). Patching even an empty set costs ~12 us a step, so none is made then.
     options = compile_options(model) if options is None else options
-    with inductor_config.patch(options) if options else contextlib.nullcontext():
-        return _compiled_forward(
-            model,
-            token,
-            start_pos=pos,
-            checked=True,
-            position_ids=position_ids,
-            kv_caches=layer_kv_caches(model),
-            **forward_kwargs,
-        )
+    try:
+        with inductor_config.patch(options) if options else contextlib.nullcontext():
+            return _compiled_forward(
+                model,
+                token,
+                start_pos=pos,
+                checked=True,
+                position_ids=position_ids,
+                kv_caches=layer_kv_caches(model),
+                **forward_kwargs,
+            )
+    except Exception as error:  # re-raised, but for the one case below
+        if options is not INT8_OPTIONS or not no_choice_for_product(error):
+            raise
+    # A failed compile leaves nothing behind in dynamo: this call compiles again, with ATen's kernel.
+    global _int8_template_usable
+    _int8_template_usable = False
+    return decode(model, token, pos, position_ids=position_ids, **forward_kwargs)
+
+
+def no_choice_for_product(error: BaseException) -> bool:
+    """Whether inductor failed because a product had no kernel among its allowed backends."""
+    from torch._inductor.select_algorithm import NoValidChoicesError
+
+    while error is not None and not isinstance(error, NoValidChoicesError):
+        error = error.__cause__ or error.__context__
+    return error is not None
 
 
 def compile_options(model: GPTNeoX) -> dict:
-    """Inductor's options for model's compiled decode step: frozen weights on the CPU for an int8 model
-    or in mode "max-autotune" (compile_decode)."""
-    on_cpu = model.gpt_neox.final_layer_norm.weight.device.type == "cpu"
-    frozen = on_cpu and (model.quantization == "int8" or model.compile_mode == "max-autotune")
-    return FROZEN_OPTIONS if frozen else {}
+    """Inductor's options for model's compiled decode step: on the CPU, frozen weights for an int8
+    model (INT8_OPTIONS) or in mode "max-autotune" (FROZEN_OPTIONS)."""
+    if model.gpt_neox.final_layer_norm.weight.device.type != "cpu":
+        return {}
+    if model.quantization == "int8":
+        return INT8_OPTIONS if _int8_template_usable else FROZEN_OPTIONS
+    return FROZEN_OPTIONS if model.compile_mode == "max-autotune" else {}
 
 
 def prepare_decode(model: GPTNeoX, batch_size: int) -> None:

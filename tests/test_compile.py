@@ -90,6 +90,33 @@ def test_int8_within_int8_tolerance(int8_model):
     assert d.rel_error <= TOLERANCES["int8"], d
 
 
+def int8pack_calls_in_decode(model) -> int:
+    """How many times 8 compiled decode steps call ATen's int8 product (the rest is inductor's own)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model.setup_kv_cache(1, 12)
+    token = torch.zeros(1, 1, dtype=torch.long)
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for pos in range(1, 9):
+                fast.decode(model, token, pos)
+    finally:
+        model.clear_kv_cache()
+    return sum(event.count for event in prof.key_averages() if event.key == "aten::_weight_int8pack_mm")
+
+
+def test_int8_products_are_inductors_template(int8_model):
+    """Where inductor has its int8 template (x86 with AVX2 or AVX-512), every decode product is that
+    template, even for shapes where timing alone would have picked ATen's kernel (INT8_OPTIONS)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        pytest.skip(f"inductor's int8 template needs AVX2 or AVX-512; this CPU: {capability}")
+    assert fast._int8_template_usable
+    assert fast.compile_options(int8_model)["max_autotune_gemm_backends"] == "CPP"
+    assert int8pack_calls_in_decode(int8_model) == 0
+
+
 def compile_frozen(model) -> None:
     """compile_decode in mode max-autotune, and check that the weights were frozen into the step that generations run:
     inductor repacks float weights for MKL only when they are constants of the graph."""
@@ -169,3 +196,25 @@ def test_tensor_parallel_refused():
     with pytest.raises(ValueError, match="tensor parallelism"):
         fast.compile_decode(model)
     assert not model.compiled_decode
+
+
+def test_int8_without_template_falls_back_to_aten(monkeypatch):
+    """On a CPU where inductor's template has no int8 kernel, inductor finds no choice for the
+    products (only the template is allowed): decode compiles again with ATen's kernel allowed, and
+    the step computes what the uncompiled one does. The CPU is simulated by telling inductor the
+    template does not apply (its own check, patched)."""
+    import torch._inductor.lowering  # noqa: F401 -- loads quantized_lowerings completely first
+    import torch._inductor.quantized_lowerings as lowerings
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(lowerings, "use_cpp_gemm_template", lambda *args, **kwargs: False)
+    monkeypatch.setattr(fast, "_int8_template_usable", True)  # restored afterwards, whatever happens here
+    model = random_model(tiny(), seed=9).quantize("int8")
+    fast.compile_decode(model)
+    assert not fast._int8_template_usable
+    assert fast.compile_options(model)["max_autotune_gemm_backends"] == "CPP,ATEN"
+    assert int8pack_calls_in_decode(model) == 8 * (4 * model.config.num_layers + 1)
+    ids = random_ids(model.config, batch=1, length=12, seed=10)
+    compiled, eager = decode_logits(model, ids, True), decode_logits(model, ids, False)
+    d = difference("int8 decode logits, ATen's kernel", compiled, eager)
+    assert d.rel_error <= TOLERANCES["int8"], d
