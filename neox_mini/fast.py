@@ -283,7 +283,7 @@ def layer_kv_caches(model: GPTNeoX) -> list[tuple[torch.Tensor, torch.Tensor] | 
 
 # ----------------------------------------------------------------------------- torch.compile, opt-in
 
-_compiled_forward = None  # torch.compile(forward), made on first use (importing the compiler costs ~1 s)
+_compiled_forwards = {}  # torch.compile(forward) per set of inductor options (compiled_forward)
 
 # How inductor compiles a decode step with frozen weights (an int8 model's always, a float model's in
 # mode "max-autotune"). freezing: the weights become constants of the compiled code, so inductor's C++
@@ -407,20 +407,16 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
     prompt, and its time is in the products already."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
-    global _compiled_forward
     if model.shard_group is not None:
         raise ValueError("compile_decode does not support tensor parallelism: its collectives run outside the compiler")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
     start = time.perf_counter()
-    if _compiled_forward is None:
-        # forward without its inference_mode decorator, which dynamo does not trace through; the
-        # compiled step is called inside inference_mode all the same (decode).
-        _compiled_forward = torch.compile(forward.__wrapped__)
     if model.compile_mode != mode:
-        # Graphs compiled in the other mode would pass dynamo's guards and run on: drop them (every
-        # model's: the others compile again on their next step).
+        # Drop the other mode's graphs: a frozen step holds a packed copy of the weights (every
+        # model's graphs go: the others compile again on their next step).
         torch._dynamo.reset_code(forward.__wrapped__.__code__)
     model.compiled_decode, model.compile_mode = True, mode
+    drop_stale_step(model)  # compiled before, from weights edited since: the warm-up would reuse it
     device = model.gpt_neox.final_layer_norm.weight.device
     kept = [block.attention.kv_cache for block in model.gpt_neox.layers]
     # Under inference_mode, as generate runs: the graph's guards tell its tensors from plain ones.
@@ -446,27 +442,17 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
 def warm_up_steps(model: GPTNeoX, token: torch.Tensor) -> None:
     """compile_decode's two steps, [B, 1] token ids: at position 1 in a cache of 4, then at 2 in 5.
 
-    The first compiles a graph for that one position and length, which no generation runs again
-    (the second compiles the graph they run, with both as variables). A float model's first graph is
-    therefore compiled without frozen weights (it reads them as they are): frozen, it would keep a
-    second packed copy of every weight and time inductor's kernels a second time. If dynamo already
-    knows both as variables (this step was compiled before in this process), the first step
-    compiles the graph every generation runs, and the second compiles nothing: that graph is
-    then dropped and compiled again with the model's options. An int8 model's is always frozen:
-    inductor cannot lower its product on weights that are not."""
-    from torch._dynamo.utils import counters
-
-    options = compile_options(model)
-    first = {} if options and not model.quantization else None
-    batch_size = token.shape[0]
-    graphs = []
-    for step_options, (pos, length) in ((first, (1, 4)), (None, (2, 5))):
-        model.setup_kv_cache(batch_size, length)
-        decode(model, token, pos, step_options, position_ids=torch.full_like(token, pos))
-        graphs.append(counters["stats"]["unique_graphs"])
-    if first is not None and graphs[1] == graphs[0]:
-        torch._dynamo.reset_code(forward.__wrapped__.__code__)
-        decode(model, token, 2, position_ids=torch.full_like(token, 2))
+    The first compiles a graph for that one position and length, which no generation runs: it shows
+    dynamo that both change, so the second compiles the graph generations run, with both as
+    variables. A float model's first graph is therefore compiled without frozen weights, by a
+    compiled object of its own (compiled_forward({})), which reads the weights as they are: frozen,
+    it would keep a second packed copy of every weight and time inductor's kernels a second time.
+    An int8 model's is frozen all the same: inductor cannot lower its product on weights that are
+    not frozen."""
+    first = {} if compile_options(model) and not model.quantization else None
+    for options, (pos, length) in ((first, (1, 4)), (None, (2, 5))):
+        model.setup_kv_cache(token.shape[0], length)
+        decode(model, token, pos, options, position_ids=torch.full_like(token, pos))
 
 
 @torch.inference_mode()
@@ -486,14 +472,10 @@ def decode(
         position_ids = torch.full_like(token, pos)  # [B, 1]: forward's default for one token
     else:
         position_ids = position_ids.clone(memory_format=torch.contiguous_format)
-    import torch._inductor.config as inductor_config  # loaded already: the step has been compiled
-
-    # Every call under the model's options, if it has any: a step may compile again later (a new
-    # batch size, new weights). Patching even an empty set costs ~12 us a step, so none is made then.
     options = compile_options(model) if options is None else options
     try:
-        with inductor_config.patch(options) if options else contextlib.nullcontext():
-            return _compiled_forward(
+        with frozen_while_traced(options.get("freezing", False)):
+            return compiled_forward(options)(
                 model,
                 token,
                 start_pos=pos,
@@ -509,6 +491,35 @@ def decode(
     global _int8_template_usable
     _int8_template_usable = False
     return decode(model, token, pos, position_ids=position_ids, **forward_kwargs)
+
+
+@contextlib.contextmanager
+def frozen_while_traced(freezing: bool):
+    """inductor's `freezing` option set for a call of a compiled step: dynamo reads it when it traces
+    (frozen weights are guarded by identity), which may happen at any step (a new batch size, new
+    weights), before the options of compiled_forward apply. Set directly: ~9 us a step, where
+    patching inductor's config with all of FROZEN_OPTIONS around each call cost ~50."""
+    import torch._inductor.config as inductor_config  # loaded already: compile_decode compiled a step
+
+    kept = inductor_config.freezing
+    inductor_config.freezing = freezing
+    try:
+        yield
+    finally:
+        inductor_config.freezing = kept
+
+
+def compiled_forward(options: dict):
+    """forward through torch.compile with inductor's `options`, one compiled object per set of
+    options, made on first use (importing the compiler costs ~1 s). The options apply whenever it
+    compiles (a step may compile again later: a new batch size, new weights); dynamo keeps each
+    object's graphs apart."""
+    key = tuple(sorted(options.items()))
+    if key not in _compiled_forwards:
+        # forward without its inference_mode decorator, which dynamo does not trace through; the
+        # compiled step is called inside inference_mode all the same (decode).
+        _compiled_forwards[key] = torch.compile(forward.__wrapped__, options=dict(options))
+    return _compiled_forwards[key]
 
 
 def no_choice_for_product(error: BaseException) -> bool:
@@ -537,6 +548,12 @@ def prepare_decode(model: GPTNeoX, batch_size: int) -> None:
     stay in memory beside a new step (a replacement); it compiles again on the next step. Dropping
     clears every compiled decode step, other models' too: they compile again on their next call."""
     choose_int8_decode_kernels(model, batch_size)
+    drop_stale_step(model)
+
+
+def drop_stale_step(model: GPTNeoX) -> None:
+    """Drop the model's compiled step if its weights are frozen into it and have been edited in place
+    or replaced since it was compiled (every model's steps go: see prepare_decode)."""
     if not (model.compiled_decode and compile_options(model)):
         return
     stamp = weights_stamp(model)
