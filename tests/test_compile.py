@@ -183,6 +183,21 @@ def test_frozen_weights_edited_or_replaced_are_seen(which, request):
         before = compiled
 
 
+def test_compile_again_after_an_edit_sees_it(int8_model):
+    """compile_decode on a model whose frozen weights were edited since its last compile: the
+    warm-up must not reuse the stale step (and then record the new weights as compiled)."""
+    ids = random_ids(int8_model.config, batch=1, length=12, seed=11)
+    with torch.no_grad():
+        int8_model.embed_out.weight.neg_()
+    fast.compile_decode(int8_model)
+    d = difference(
+        "int8 decode logits, compiled again",
+        decode_logits(int8_model, ids, True),
+        decode_logits(int8_model, ids, False),
+    )
+    assert d.rel_error <= TOLERANCES["int8"], d
+
+
 def test_unknown_mode_refused():
     model = random_model(tiny(), seed=7)
     with pytest.raises(ValueError, match="compile mode 'fast'"):
