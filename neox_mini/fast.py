@@ -474,7 +474,7 @@ def decode(
         position_ids = position_ids.clone(memory_format=torch.contiguous_format)
     options = compile_options(model) if options is None else options
     try:
-        with frozen_while_traced(options.get("freezing", False)):
+        with frozen_while_traced() if options.get("freezing") else contextlib.nullcontext():
             return compiled_forward(options)(
                 model,
                 token,
@@ -494,15 +494,15 @@ def decode(
 
 
 @contextlib.contextmanager
-def frozen_while_traced(freezing: bool):
-    """inductor's `freezing` option set for a call of a compiled step: dynamo reads it when it traces
-    (frozen weights are guarded by identity), which may happen at any step (a new batch size, new
-    weights), before the options of compiled_forward apply. Set directly: ~9 us a step, where
-    patching inductor's config with all of FROZEN_OPTIONS around each call cost ~50."""
+def frozen_while_traced():
+    """inductor's `freezing` option on for a call of a compiled step with frozen weights: dynamo reads
+    it when it traces (frozen weights are guarded by identity), which may happen at any step (a new
+    batch size, new weights), before the options of compiled_forward apply. Set directly: ~9 us a
+    step, where patching inductor's config with all of FROZEN_OPTIONS around each call cost ~50."""
     import torch._inductor.config as inductor_config  # loaded already: compile_decode compiled a step
 
     kept = inductor_config.freezing
-    inductor_config.freezing = freezing
+    inductor_config.freezing = True
     try:
         yield
     finally:
