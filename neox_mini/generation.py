@@ -109,15 +109,23 @@ def sample(
     `generate_tokens` uses for a seed) row i draws exactly what it would draw alone.
     """
     if temperature <= 0.0:
-        # argmax's answer (the first index of the largest logit; a NaN counts as the largest) by the
-        # reduction that also returns the values: over 50,304 CPU logits it takes ~70 us where
-        # argmax takes ~115 (torch 2.13), once per generated token.
-        return torch.max(logits, dim=-1, keepdim=True).indices  # [B, 1]
+        return greedy(logits)
     probs = logits_to_probs(logits, temperature, top_k, top_p)  # [B, V]
     if isinstance(generator, (list, tuple)):
         rows = [torch.multinomial(probs[i : i + 1], num_samples=1, generator=g) for i, g in enumerate(generator)]
         return torch.cat(rows)  # [B, 1]
     return torch.multinomial(probs, num_samples=1, generator=generator)  # [B, 1]
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """[B, V] logits -> [B, 1]: the index of each row's largest logit, the first one on a tie, a NaN
+    counting as the largest (argmax's answer). Float CPU logits go through numpy's argmax, which
+    vectorises the search: ~5 us over 50,304 fp32 logits where torch.max takes 60-90 and argmax ~100
+    (torch 2.13), once per generated token (2-5 % of a compiled 14m-70m decode step). numpy has no
+    bfloat16, and a tensor that requires grad (a hooked forward outside no_grad) cannot be viewed."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float16) and not logits.requires_grad:
+        return torch.from_numpy(logits.numpy().argmax(-1, keepdims=True)).long()  # [B, 1]
+    return torch.max(logits, dim=-1, keepdim=True).indices  # [B, 1]
 
 
 def check_sampling_args(

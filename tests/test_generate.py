@@ -83,13 +83,20 @@ def test_sample_is_reproducible_per_row_generator():
     assert torch.equal(sample(logits, 0.0), logits.argmax(-1, keepdim=True))
 
 
-def test_greedy_picks_what_argmax_picks():
-    """Ties go to the first index, a NaN wins (generate then reports it), a flat row gives 0."""
-    logits = torch.randn(4, 50304, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_greedy_picks_what_argmax_picks(dtype):
+    """Ties go to the first index, a NaN wins (generate then reports it), a flat row gives 0, a row
+    masked to -inf but for one id gives that id: in every dtype, also on a strided view (the last
+    position of [B, T, V] logits, as generate passes them)."""
+    logits = torch.randn(5, 2, 50304, generator=torch.Generator().manual_seed(1))[:, 1].to(dtype)
     logits[0, [10, 20]] = 50.0
     logits[1, 7] = float("nan")
     logits[2] = 1.0
-    assert sample(logits, 0.0)[:, 0].tolist() == logits.argmax(-1).tolist() == [10, 7, 0, int(logits[3].argmax())]
+    logits[4] = float("-inf")
+    logits[4, 50276] = 0.0
+    expected = [10, 7, 0, int(logits[3].float().argmax()), 50276]
+    assert sample(logits, 0.0)[:, 0].tolist() == logits.argmax(-1).tolist() == expected
+    assert sample(logits, 0.0).dtype == torch.long
 
 
 def test_padded_vocab_rows_are_never_generated():
