@@ -290,14 +290,15 @@ _compiled_forwards = {}  # torch.compile(forward) per set of inductor options (c
 # GEMM template (max_autotune, backend CPP) may lay each weight out once for its own matrix-vector
 # kernel (for int8, one that widens the values in registers), with the layer norm or GELU that follows
 # fused into it; max_autotune times that kernel against ATen's product for each shape, once (inductor
-# caches the verdict). A float weight left to ATen is repacked for MKL's packed product. Compiled int8
-# decoding went from 1.0-1.45x to 1.4-2.5x the uncompiled step with it, fp32 decoding by 1.1-1.25x
-# (docs/performance.md), for more memory: the packed copies (for fp32, the weights' size again).
-# Frozen weights are copies: an edit in place would not reach them, so prepare_decode compiles again
-# when the weights have changed since. And inductor's cache of compiled graphs must stay out of it:
-# it keys a frozen weight by shape and dtype only, and hands back the layout made from the weights of
-# the first compile (torch 2.13; tests/test_compile.py), another checkpoint's in a later process. (For
-# fp32 it could not store the graph anyway: MKL's packed weights cannot be pickled.)
+# caches the verdict; an int8 model's products get the template alone, INT8_OPTIONS). A float weight
+# left to ATen is repacked for MKL's packed product. Compiled int8 decoding went from 1.0-1.45x to
+# 1.4-2.5x the uncompiled step with it, fp32 decoding by 1.1-1.25x (docs/performance.md), for more
+# memory: the packed copies (for fp32, the weights' size again). Frozen weights are copies: an edit
+# in place would not reach them, so prepare_decode compiles again when the weights have changed
+# since. And inductor's cache of compiled graphs must stay out of it: it keys a frozen weight by
+# shape and dtype only, and hands back the layout made from the weights of the first compile (torch
+# 2.13; tests/test_compile.py), another checkpoint's in a later process. (For fp32 it could not
+# store the graph anyway: MKL's packed weights cannot be pickled.)
 FROZEN_OPTIONS = {
     "freezing": True,
     "max_autotune": True,
