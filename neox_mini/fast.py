@@ -461,8 +461,9 @@ def decode(
     model: GPTNeoX, token: torch.Tensor, pos: int, options: dict | None = None, **forward_kwargs
 ) -> torch.Tensor:
     """One decode step, [B, 1] ids at sequence index pos -> logits [B, 1, V]: forward(..., checked=True),
-    compiled when compile_decode has been called for this model, with inductor's `options` if it
-    compiles now (default: the model's, compile_options)."""
+    compiled when compile_decode has been called for this model. `options` (default: the model's,
+    compile_options) picks the compiled object, compiled_forward(options), and so which graphs run
+    and how a new one is compiled."""
     if not model.compiled_decode:
         return forward(model, token, start_pos=pos, checked=True, **forward_kwargs)
     # Fresh [B, 1] tensors: the compiled graph is guarded on strides, and a column of a [B, total]

@@ -141,8 +141,9 @@ def frozen_model():
 
 
 def test_max_autotune_after_default_is_frozen(frozen_model):
-    """Once dynamo has compiled the step with variable positions, the warm-up's first step already
-    compiles the graph generations run: it must still end up with frozen weights."""
+    """After a default compile, dynamo already treats positions and cache lengths as variables, and
+    the unfrozen graph it made is a graph generations could run: the step they run in mode
+    max-autotune must still be a frozen one (compiled by its own compiled object)."""
     fast.compile_decode(frozen_model)
     compile_frozen(frozen_model)
 
