@@ -121,8 +121,8 @@ def int8_dynamic(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
     int8 x int8 -> int32 product (torch._int_mm, VNNI / AMX where the CPU has them); the result
     is rescaled by both scales. Adds the activations' rounding to the weights'."""
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
-    xq, x_scale = quantize_rows(x.reshape(rows, I).float())  # [rows, I] int8, [rows] fp32
-    y = torch._int_mm(xq, weight.t()).float().mul_(x_scale[:, None]).mul_(scale.float())  # [rows, O]
+    xq, x_scale = quantize_activations(x.reshape(rows, I).float())  # [rows, I] int8, [rows, 1] fp32
+    y = torch._int_mm(xq, weight.t()).float().mul_(x_scale).mul_(scale.float())  # [rows, O]
     y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
     return y if bias is None else y.add_(bias)
 
@@ -150,22 +150,19 @@ def int8_onednn(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     summed in int32) through oneDNN's quantized linear (torch.ops.onednn.qlinear_pointwise, what
     inductor's x86 int8 path calls), with the weight packed once into oneDNN's layout: its AMX / VNNI
     kernels ran a 512-token product 2-3x faster than torch._int_mm on an AMX machine. oneDNN takes
-    uint8 activations with one scale: each row goes in as q + 128 (zero point 128) with scale 1, and
+    activations with one scale: each row goes in as its int8 levels with scale 1 (zero point 0), and
     the row's own scale is applied to the fp32 result, which keeps the scale per row exact. Without
-    VNNI the u8 x s8 pair sums can saturate 16 bits: there it is int8_dynamic (and no candidate)."""
+    VNNI, oneDNN's int8 kernels sum pairs of products in 16 bits, which can saturate: there it is
+    int8_dynamic (and no candidate)."""
     packed = packed_weight("onednn", weight, scale) if torch.cpu._is_vnni_supported() else None
     if packed is None:
         return int8_dynamic(x, weight, scale, bias)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
-    x2 = x.reshape(rows, I).float()  # [rows, I]
-    x_scale = x2.abs().amax(1, keepdim=True).clamp_(min=1e-12).div_(127)  # [rows, 1], max|x| / 127
-    # round(x / x_scale) is in [-127, 127]; + 128 moves it into uint8, and adding 128.5 before the
-    # conversion (which truncates) rounds half up in the same pass.
-    xu = (x2 / x_scale).add_(128.5).to(torch.uint8)  # [rows, I]
+    xq, x_scale = quantize_activations(x.reshape(rows, I).float())  # [rows, I] int8, [rows, 1] fp32
     zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
     y = torch.ops.onednn.qlinear_pointwise(
-        xu, 1.0, 128, packed, scale.float(), zero_points, None, 1.0, 0, torch.float32, "none", [], ""
-    )  # [rows, O] fp32: (sum of (xu - 128) * q) * scale
+        xq, 1.0, 0, packed, scale.float(), zero_points, None, 1.0, 0, torch.float32, "none", [], ""
+    )  # [rows, O] fp32: (sum of xq * q) * scale
     y = y.mul_(x_scale).to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
     return y if bias is None else y.add_(bias)
 
@@ -249,9 +246,18 @@ def contents_stamp(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
     return (weight._version, scale.data_ptr(), scale._version, bias.data_ptr(), bias._version)
 
 
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, I] fp32 -> (int8 [rows, I], scale [rows, 1]): quantize_rows's rounding for the
+    activations of an int8 product, in as few passes over x as eager PyTorch allows."""
+    x_scale = x.abs().amax(1, keepdim=True).clamp_(min=1e-12).div_(127)  # [rows, 1], max|x| / 127
+    # |x / x_scale| <= 127 by construction, so no clamp before the conversion.
+    return torch.div(x, x_scale).round_().to(torch.int8), x_scale
+
+
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[O, I] float -> (int8 [O, I], scale [O] in w's dtype): symmetric, one scale per row, so that
-    w ~= q * scale[:, None]. The weights' quantization (quantize.py) and the activations' here."""
+    w ~= q * scale[:, None]. The weights' quantization (quantize.py); quantize_activations rounds the
+    same way."""
     w32 = w.float()
     scale = w32.abs().amax(dim=1).clamp(min=1e-12) / 127  # [O]; an all-zero row keeps a finite scale
     q = torch.round(w32 / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # [O, I]

@@ -27,6 +27,15 @@ def test_rows_round_to_the_nearest_level():
     assert torch.all(q[3] == 0)
 
 
+def test_activations_round_as_the_weights_do():
+    """quantize_activations skips quantize_rows's clamp: |x / scale| <= 127 holds by construction."""
+    x = torch.randn(40, 300, generator=torch.Generator().manual_seed(1)) * 5
+    x[7] = 0
+    q, scale = matvec.quantize_activations(x)
+    want_q, want_scale = quantize_rows(x)
+    assert torch.equal(q, want_q) and torch.equal(scale[:, 0], want_scale)
+
+
 def test_the_int8_kernel_is_never_given_an_unaligned_weight():
     """aten._weight_int8pack_mm crashes the process on a weight that is not 64-byte aligned."""
     q, scale = quantize_rows(torch.randn(96, 64))
