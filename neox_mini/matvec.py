@@ -19,9 +19,10 @@ The candidates compute the same dot products (each output is one weight row time
 
 The first product of each kind times every candidate (a warm-up and 5 timed runs each, the best
 of them counted; well under a second for a whole model) and keeps the winner, in memory and in a
-JSON file keyed by the CPU model, torch version and thread count, so later processes skip it:
-$NEOX_MINI_CACHE/matvec.json, default ~/.cache/neox_mini. Products of more than MAX_ROWS rows
-are matrix products (compute-bound), and always F.linear; so are all products off the CPU.
+JSON file keyed by the CPU, torch version, the candidates' code and thread count (machine()), so
+later processes skip it: $NEOX_MINI_CACHE/matvec.json, default ~/.cache/neox_mini. Products of
+more than MAX_ROWS rows are matrix products (compute-bound), and always F.linear; so are all
+products off the CPU.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ MAX_ROWS = 8  # decoding a batch of up to 8 sequences: a matrix-vector product i
 SPLITS = (2, 4, 8, 16)
 
 _choices: dict[str, str] | None = None  # key -> method, loaded from the file on first use
+KERNELS = 2  # bumped when a candidate's code changes under the same name: its choices are measured again
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -359,15 +361,25 @@ def cache_file() -> Path:
 
 
 def machine() -> str:
-    """What the choices depend on besides the product itself: the CPU, and torch's kernels."""
-    cpu = platform.processor() or "?"
+    """What the choices depend on besides the product itself: the CPU (its name, and its family and
+    model numbers, since a virtual machine may name every CPU "Intel Xeon Processor"), and the code
+    of the candidates: torch's kernels and the ones here (KERNELS)."""
+    cpu, fields = platform.processor() or "?", {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            for line in f:
+                name, _, value = line.partition(":")
+                if not name.strip():
+                    break  # the first CPU's block ends: every core of a machine is the same here
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    if "cpu family" in fields:
+        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     methods = ",".join([*METHODS, *INT8_METHODS])  # new candidates: measure again
-    return f"{cpu} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | {methods}"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu} | {capability} | torch {torch.__version__} | {methods} | kernels {KERNELS}"
 
 
 def valid_values(key: str):

@@ -55,6 +55,18 @@ def test_the_choice_is_measured_once_and_kept(fresh, monkeypatch):
     assert matvec.choice_key(w.dtype, w.shape, 1) == key and matvec.load_choices()[key] == stored[key]
 
 
+def test_a_choice_made_with_other_kernels_is_measured_again(fresh, monkeypatch):
+    """A candidate whose code changed keeps its name: KERNELS tells its old choices apart."""
+    x, w = torch.randn(1, 1, 256), torch.randn(4096, 256)
+    key = matvec.choice_key(w.dtype, w.shape, 1)
+    before = matvec.machine().replace(f"kernels {matvec.KERNELS}", f"kernels {matvec.KERNELS - 1}")
+    fresh.write_text(json.dumps({before: {key: "split-2"}}))
+    monkeypatch.setattr(matvec, "fastest", lambda *a: "linear")
+    matvec.linear(x, w)
+    assert matvec.load_choices()[key] == "linear"
+    assert json.loads(fresh.read_text())[before] == {key: "split-2"}  # another version's entry is kept
+
+
 @pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"%s": {"float32 64x32 rows=1 threads=1": "rm -rf"}}'])
 def test_a_bad_cache_file_is_measured_over(fresh, content):
     fresh.write_text(content.replace("%s", matvec.machine()))
