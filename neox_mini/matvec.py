@@ -121,7 +121,13 @@ def int8_pack_unchecked(
 def int8_dynamic(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The activations quantized too, per row (scale max|x| / 127, as for the weights), and an
     int8 x int8 -> int32 product (torch._int_mm, VNNI / AMX where the CPU has them); the result
-    is rescaled by both scales. Adds the activations' rounding to the weights'."""
+    is rescaled by both scales. Adds the activations' rounding to the weights'.
+    Only with VNNI: without it, the oneDNN product behind torch._int_mm sums pairs of (shifted,
+    unsigned) activations times weights in 16 bits, which saturate, as oneDNN's documentation of
+    its int8 GEMM warns. With oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA) the product was 23-25 % off
+    on random weights; there this is int8_dequant's product (and no candidate)."""
+    if not torch.cpu._is_vnni_supported():
+        return int8_dequant(x, weight, scale, bias)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
     xq, x_scale = quantize_activations(x.reshape(rows, I).float())  # [rows, I] int8, [rows, 1] fp32
     y = torch._int_mm(xq, weight.t()).float().mul_(x_scale).mul_(scale.float())  # [rows, O]
@@ -152,19 +158,25 @@ def int8_onednn(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     summed in int32) through oneDNN's quantized linear (torch.ops.onednn.qlinear_pointwise, what
     inductor's x86 int8 path calls), with the weight packed once into oneDNN's layout: its AMX / VNNI
     kernels ran a 512-token product 2-3x faster than torch._int_mm on an AMX machine. oneDNN takes
-    activations with one scale: each row goes in as its int8 levels with scale 1 (zero point 0), and
+    uint8 activations with one scale: each row goes in as q + 128 (zero point 128) with scale 1, and
     the row's own scale is applied to the fp32 result, which keeps the scale per row exact. Without
-    VNNI, oneDNN's int8 kernels sum pairs of products in 16 bits, which can saturate: there it is
-    int8_dynamic (and no candidate)."""
+    VNNI the u8 x s8 pair sums can saturate 16 bits: there it is int8_dynamic (and no candidate)."""
     packed = packed_weight("onednn", weight, scale) if torch.cpu._is_vnni_supported() else None
     if packed is None:
         return int8_dynamic(x, weight, scale, bias)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
-    xq, x_scale = quantize_activations(x.reshape(rows, I).float())  # [rows, I] int8, [rows, 1] fp32
+    x2 = x.reshape(rows, I).float()  # [rows, I]
+    x_scale = x2.abs().amax(1, keepdim=True).clamp_(min=1e-12).div_(127)  # [rows, 1], max|x| / 127
+    # round(x / x_scale) is in [-127, 127]; + 128 moves it into uint8, and adding 128.5 before the
+    # conversion (which truncates) rounds half up in the same pass. Not int8 activations (zero
+    # point 0, one pass fewer): on AMX they ran as fast, but with oneDNN held to AVX-512 VNNI or
+    # AVX2 VNNI (ONEDNN_MAX_CPU_ISA) the weight packed for uint8 went to its reference kernel,
+    # 457 ms for a 64 x 512 x 512 product against 0.19 ms.
+    xu = (x2 / x_scale).add_(128.5).to(torch.uint8)  # [rows, I]
     zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
     y = torch.ops.onednn.qlinear_pointwise(
-        xq, 1.0, 0, packed, scale.float(), zero_points, None, 1.0, 0, torch.float32, "none", [], ""
-    )  # [rows, O] fp32: (sum of xq * q) * scale
+        xu, 1.0, 128, packed, scale.float(), zero_points, None, 1.0, 0, torch.float32, "none", [], ""
+    )  # [rows, O] fp32: (sum of (xu - 128) * q) * scale
     y = y.mul_(x_scale).to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
     return y if bias is None else y.add_(bias)
 
@@ -179,7 +191,7 @@ INT8_METHODS = {
 
 
 def int8_candidates(rows: int) -> list[str]:
-    vnni = torch.cpu._is_vnni_supported()  # both packed kernels keep 8-bit activations only with it
+    vnni = torch.cpu._is_vnni_supported()  # int8 activations keep all 8 bits only with it
     fbgemm = vnni and rows == 1 and "fbgemm" in torch.backends.quantized.supported_engines
     # Its packing takes a quantized tensor, which torch 2.13 marks as deprecated: once a torch
     # drops them, fbgemm is no candidate rather than an error.
@@ -188,7 +200,7 @@ def int8_candidates(rows: int) -> list[str]:
     return [
         "int8-dequant",
         "int8-pack",
-        "int8-dynamic",
+        *(["int8-dynamic"] if vnni else []),
         *(["int8-fbgemm"] if fbgemm else []),
         *(["int8-onednn"] if onednn else []),
     ]
@@ -250,7 +262,7 @@ def contents_stamp(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[rows, I] fp32 -> (int8 [rows, I], scale [rows, 1]): quantize_rows's rounding for the
-    activations of an int8 product, in as few passes over x as eager PyTorch allows."""
+    activations of int8_dynamic's product, with one pass over x fewer."""
     x_scale = x.abs().amax(1, keepdim=True).clamp_(min=1e-12).div_(127)  # [rows, 1], max|x| / 127
     # |x / x_scale| <= 127 by construction, so no clamp before the conversion.
     return torch.div(x, x_scale).round_().to(torch.int8), x_scale
