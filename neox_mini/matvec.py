@@ -126,7 +126,7 @@ def int8_dynamic(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
     unsigned) activations times weights in 16 bits, which saturate, as oneDNN's documentation of
     its int8 GEMM warns. With oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA) the product was 23-25 % off
     on random weights; there this is int8_dequant's product (and no candidate)."""
-    if not torch.cpu._is_vnni_supported():
+    if not vnni():
         return int8_dequant(x, weight, scale, bias)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
     xq, x_scale = quantize_activations(x.reshape(rows, I).float())  # [rows, I] int8, [rows, 1] fp32
@@ -149,7 +149,7 @@ def int8_fbgemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     packed = packed_weight("fbgemm", weight, scale, bias)
     if packed is None:
         return int8_dynamic(x, weight, scale, bias)
-    y = torch.ops.quantized.linear_dynamic(x.float(), packed, not torch.cpu._is_vnni_supported())  # [..., O]
+    y = torch.ops.quantized.linear_dynamic(x.float(), packed, not vnni())  # [..., O]
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
@@ -161,7 +161,7 @@ def int8_onednn(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     uint8 activations with one scale: each row goes in as q + 128 (zero point 128) with scale 1, and
     the row's own scale is applied to the fp32 result, which keeps the scale per row exact. Without
     VNNI the u8 x s8 pair sums can saturate 16 bits: there it is int8_dynamic (and no candidate)."""
-    packed = packed_weight("onednn", weight, scale) if torch.cpu._is_vnni_supported() else None
+    packed = packed_weight("onednn", weight, scale) if vnni() else None
     if packed is None:
         return int8_dynamic(x, weight, scale, bias)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
@@ -181,6 +181,19 @@ def int8_onednn(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     return y if bias is None else y.add_(bias)
 
 
+def vnni() -> bool:
+    """Whether int8 x int8 products keep 8-bit activations exact here: the CPU has AVX-512 VNNI (as
+    torch reports it), and oneDNN, which computes torch._int_mm and onednn's linear, is not held
+    below VNNI by ONEDNN_MAX_CPU_ISA (say AVX2, where its int8 products saturate)."""
+    return torch.cpu._is_vnni_supported() and onednn_may_use_vnni()
+
+
+@functools.cache  # read once, as oneDNN reads it
+def onednn_may_use_vnni() -> bool:
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return isa not in ("SSE41", "AVX", "AVX2", "AVX512_CORE")  # the ISAs without VNNI
+
+
 INT8_METHODS = {
     "int8-dequant": int8_dequant,
     "int8-pack": int8_pack,
@@ -191,16 +204,16 @@ INT8_METHODS = {
 
 
 def int8_candidates(rows: int) -> list[str]:
-    vnni = torch.cpu._is_vnni_supported()  # int8 activations keep all 8 bits only with it
-    fbgemm = vnni and rows == 1 and "fbgemm" in torch.backends.quantized.supported_engines
+    has_vnni = vnni()  # int8 activations keep all 8 bits only with it
+    fbgemm = has_vnni and rows == 1 and "fbgemm" in torch.backends.quantized.supported_engines
     # Its packing takes a quantized tensor, which torch 2.13 marks as deprecated: once a torch
     # drops them, fbgemm is no candidate rather than an error.
     fbgemm = fbgemm and hasattr(torch, "_make_per_channel_quantized_tensor")
-    onednn = vnni and torch.backends.mkldnn.is_available()
+    onednn = has_vnni and torch.backends.mkldnn.is_available()
     return [
         "int8-dequant",
         "int8-pack",
-        *(["int8-dynamic"] if vnni else []),
+        *(["int8-dynamic"] if has_vnni else []),
         *(["int8-fbgemm"] if fbgemm else []),
         *(["int8-onednn"] if onednn else []),
     ]
