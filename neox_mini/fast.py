@@ -520,8 +520,20 @@ def compiled_forward(options: dict):
     if key not in _compiled_forwards:
         # forward without its inference_mode decorator, which dynamo does not trace through; the
         # compiled step is called inside inference_mode all the same (decode).
-        _compiled_forwards[key] = torch.compile(forward.__wrapped__, options=dict(options))
+        _compiled_forwards[key] = torch.compile(forward.__wrapped__, options={**options, **vector_width()})
     return _compiled_forwards[key]
+
+
+def vector_width() -> dict:
+    """The SIMD width inductor's C++ code is written for, stated as an option (cpp.simdlen) so that
+    it is part of the key of inductor's cache of compiled graphs. Left unstated, the key missed it:
+    a graph compiled for AVX-512 came back from the cache in a process with ATen's kernels held to
+    AVX2 (ATEN_CPU_CAPABILITY=avx2) and decoded garbage, different at every run. Stated, each width
+    compiles and keeps its own graph. The width is the one inductor would pick by itself."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    return {"cpp.simdlen": isa.bit_width()} if isa else {}
 
 
 def no_choice_for_product(error: BaseException) -> bool:

@@ -5,8 +5,8 @@ modes; int8: within the int8 tolerance of the uncompiled int8 model. Weights fro
 step (int8, and fp32 in mode "max-autotune") are copies: edits must reach it all the same. The
 warm-up must leave nothing to compile for a new prompt length or cache length (dynamo is told to
 fail on a recompile). No timing is asserted here (scripts/bench.py --only compile measures it).
-Compiling costs ~10 s the first time per test process (a frozen fp32 step ~50 s: inductor times
-its kernels); the compiled code lands in this session's own cache folder (conftest.py).
+Compiling costs ~10 s the first time per test process when inductor's cache (TORCHINDUCTOR_CACHE_DIR)
+has the kernels, ~40 s when it is empty (a frozen fp32 step ~50 s: inductor times its kernels).
 """
 
 from __future__ import annotations
@@ -234,3 +234,17 @@ def test_int8_without_template_falls_back_to_aten(monkeypatch):
     compiled, eager = decode_logits(model, ids, True), decode_logits(model, ids, False)
     d = difference("int8 decode logits, ATen's kernel", compiled, eager)
     assert d.rel_error <= TOLERANCES["int8"], d
+
+
+def test_the_vector_width_is_stated_to_inductor(monkeypatch):
+    """cpp.simdlen, the width inductor would pick by itself, is passed as an option so that it is part
+    of the key of inductor's graph cache, which otherwise misses it: a graph compiled for AVX-512
+    came back in a process with ATen held to AVX2 (ATEN_CPU_CAPABILITY) and decoded garbage."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    given = []
+    monkeypatch.setattr(torch, "compile", lambda fn, options: given.append(options) or fn)
+    monkeypatch.setattr(fast, "_compiled_forwards", {})
+    fast.compiled_forward({"freezing": True})
+    isa = pick_vec_isa()
+    assert given == [{"freezing": True, **({"cpp.simdlen": isa.bit_width()} if isa else {})}]
