@@ -71,7 +71,8 @@ def test_ranks_match_one_process(checkpoints, ranks, tmp_path):
 
 def test_commands_under_torchrun(tmp_path, tokenizer_json, capsys):
     """generate, score and parity run split over 2 ranks; only rank 0 prints, and generate and
-    score print what one process prints."""
+    score print what one process prints (score's numbers within fp32's tolerance: the ranks sum
+    their partial products in another order, which moved the sixth decimal under AVX2 kernels)."""
     folder = write_random_checkpoint(tmp_path / "m", tiny(vocab_size=50304), tokenizer=tokenizer_json)
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 8)
@@ -80,9 +81,22 @@ def test_commands_under_torchrun(tmp_path, tokenizer_json, capsys):
         ["score", "--model", str(folder), str(text), "--window", "32"],
     ):
         assert main(command) == 0
-        assert torchrun(2, "-m", "neox_mini", *command).stdout == capsys.readouterr().out
+        assert_same_output(torchrun(2, "-m", "neox_mini", *command).stdout, capsys.readouterr().out)
     parity = torchrun(2, "-m", "neox_mini", "parity", "--model", str(folder)).stdout
     assert parity.count("PASS") == 1, parity
+
+
+def assert_same_output(got: str, want: str) -> None:
+    """The same words; numbers equal within fp32's tolerance."""
+    got_words, want_words = got.split(), want.split()
+    assert len(got_words) == len(want_words), f"{got!r} != {want!r}"
+    for g, w in zip(got_words, want_words, strict=True):
+        try:
+            g_number, w_number = float(g), float(w)
+        except ValueError:
+            assert g == w, f"{g!r} != {w!r} in {got!r}"
+            continue
+        assert g_number == pytest.approx(w_number, rel=TOLERANCES["float32"]), f"{g} != {w} in {got!r}"
 
 
 def test_ranks_must_divide_the_heads():
