@@ -387,8 +387,9 @@ def cache_file() -> Path:
 
 def machine() -> str:
     """What the choices depend on besides the product itself: the CPU (its name, and its family and
-    model numbers, since a virtual machine may name every CPU "Intel Xeon Processor"), and the code
-    of the candidates: torch's kernels and the ones here (KERNELS)."""
+    model numbers, since a virtual machine may name every CPU "Intel Xeon Processor"), what ATen and
+    oneDNN may use of it (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), and the code of the candidates:
+    torch's kernels and the ones here (KERNELS)."""
     cpu, fields = platform.processor() or "?", {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -403,7 +404,7 @@ def machine() -> str:
     if "cpu family" in fields:
         cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     methods = ",".join([*METHODS, *INT8_METHODS])  # new candidates: measure again
-    capability = torch.backends.cpu.get_cpu_capability()
+    capability = f"{torch.backends.cpu.get_cpu_capability()}{' VNNI' if vnni() else ''}"  # ATen's and oneDNN's limits
     return f"{cpu} | {capability} | torch {torch.__version__} | {methods} | kernels {KERNELS}"
 
 
