@@ -129,8 +129,8 @@ def int8_dynamic(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
     if not vnni():
         return int8_dequant(x, weight, scale, bias)
     rows, I = x.numel() // x.shape[-1], x.shape[-1]
-    xq, x_scale = quantize_activations(x.reshape(rows, I).float())  # [rows, I] int8, [rows, 1] fp32
-    y = torch._int_mm(xq, weight.t()).float().mul_(x_scale).mul_(scale.float())  # [rows, O]
+    xq, x_scale = quantize_rows(x.reshape(rows, I).float())  # [rows, I] int8, [rows] fp32
+    y = torch._int_mm(xq, weight.t()).float().mul_(x_scale[:, None]).mul_(scale.float())  # [rows, O]
     y = y.to(x.dtype).view(*x.shape[:-1], weight.shape[0])  # [..., O]
     return y if bias is None else y.add_(bias)
 
@@ -273,21 +273,14 @@ def contents_stamp(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
     return (weight._version, scale.data_ptr(), scale._version, bias.data_ptr(), bias._version)
 
 
-def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[rows, I] fp32 -> (int8 [rows, I], scale [rows, 1]): quantize_rows's rounding for the
-    activations of int8_dynamic's product, with one pass over x fewer."""
-    x_scale = x.abs().amax(1, keepdim=True).clamp_(min=1e-12).div_(127)  # [rows, 1], max|x| / 127
-    # |x / x_scale| <= 127 by construction, so no clamp before the conversion.
-    return torch.div(x, x_scale).round_().to(torch.int8), x_scale
-
-
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[O, I] float -> (int8 [O, I], scale [O] in w's dtype): symmetric, one scale per row, so that
-    w ~= q * scale[:, None]. The weights' quantization (quantize.py); quantize_activations rounds the
-    same way."""
+    w ~= q * scale[:, None]. The weights' quantization (quantize.py) and the activations' here."""
     w32 = w.float()
-    scale = w32.abs().amax(dim=1).clamp(min=1e-12) / 127  # [O]; an all-zero row keeps a finite scale
-    q = torch.round(w32 / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # [O, I]
+    scale = w32.abs().amax(dim=1).clamp_(min=1e-12).div_(127)  # [O]; an all-zero row keeps a finite scale
+    # |w / scale| <= 127 by construction, so no clamp before the conversion: one pass fewer over
+    # the activations of every int8-dynamic product.
+    q = torch.div(w32, scale[:, None]).round_().to(torch.int8)  # [O, I]
     return q, scale.to(w.dtype)
 
 
