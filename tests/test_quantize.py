@@ -95,6 +95,20 @@ def test_with_onednn_held_to_avx2_every_int8_kernel_stays_within_tolerance():
     assert len(lines) == 2 * len(matvec.INT8_METHODS) and set(lines) == {"ok"}, result.stdout
 
 
+@pytest.mark.parametrize(
+    "isa, allowed",
+    [("AVX2", False), ("avx512_core", False), ("AVX2_VNNI", True), ("AVX512_CORE_VNNI", True), ("ALL", True)],
+)
+def test_onednn_held_below_vnni_is_read_from_the_environment(monkeypatch, isa, allowed):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    matvec.onednn_may_use_vnni.cache_clear()
+    try:
+        assert matvec.onednn_may_use_vnni() is allowed
+    finally:
+        monkeypatch.undo()
+        matvec.onednn_may_use_vnni.cache_clear()
+
+
 def test_onednn_computes_what_int8_dynamic_computes():
     """Both round the activations per row the same way; only the kernel differs."""
     if "int8-onednn" not in matvec.int8_candidates(rows=40):
