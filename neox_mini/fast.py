@@ -33,6 +33,9 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import itertools
 import os
 import time
 import warnings
@@ -295,10 +298,11 @@ _compiled_forwards = {}  # torch.compile(forward) per set of inductor options (c
 # 1.4-2.5x the uncompiled step with it, fp32 decoding by 1.1-1.25x (docs/performance.md), for more
 # memory: the packed copies (for fp32, the weights' size again). Frozen weights are copies: an edit
 # in place would not reach them, so prepare_decode compiles again when the weights have changed
-# since. And inductor's cache of compiled graphs must stay out of it: it keys a frozen weight by
-# shape and dtype only, and hands back the layout made from the weights of the first compile (torch
-# 2.13; tests/test_compile.py), another checkpoint's in a later process. (For fp32 it could not
-# store the graph anyway: MKL's packed weights cannot be pickled.)
+# since. Inductor's cache of compiled graphs keys a frozen weight by shape and dtype only, and
+# stores the layout it made from the weights with the graph: another checkpoint of the same shape got
+# the first one's back, in a later process too (torch 2.13). So a frozen graph is cached only with a
+# digest of the weights in its key (FrozenWeightsKey, compiled_forward): an int8 model's (INT8_OPTIONS).
+# A float model's is not cached at all: MKL's packed weights cannot be pickled.
 FROZEN_OPTIONS = {
     "freezing": True,
     "max_autotune": True,
@@ -317,8 +321,9 @@ FROZEN_OPTIONS = {
 # inductor and ATen both held to AVX2, 160m 16.6 -> 13.7 ms. With one choice there is nothing to
 # time, so compiling takes half as long. Where the template has no int8 kernel (it has them for
 # AVX2 and AVX-512), inductor finds no choice at all: decode then compiles with ATen's kernel
-# allowed too (FROZEN_OPTIONS), and so does every later compile in this process.
-INT8_OPTIONS = {**FROZEN_OPTIONS, "max_autotune_gemm_backends": "CPP"}
+# allowed too (FROZEN_OPTIONS), and so does every later compile in this process. Its graphs are
+# cached, keyed by the weights: a later start with the same weights compiled 70m in 16 s, not 39.
+INT8_OPTIONS = {**FROZEN_OPTIONS, "max_autotune_gemm_backends": "CPP", "fx_graph_cache": True}
 _int8_template_usable = True  # False once inductor had no choice for an int8 product (decode)
 
 
@@ -397,10 +402,13 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
     time. mode "max-autotune" (as torch.compile's), on the CPU: the weights are frozen into the
     compiled step (FROZEN_OPTIONS) and inductor builds and times its own kernel for each product,
     1.1-1.25x faster fp32 decoding here (docs/performance.md), for more memory (a packed copy of the
-    weights) and half a minute to two of compiling at every start: a frozen graph cannot be
+    weights) and half a minute to two of compiling at every start: MKL's packed weights cannot be
     cached (off the CPU, it is the default mode). An int8 model on the CPU is always compiled that
-    way: inductor's own int8 kernels are what make its compiled step fast. Editing or replacing
-    frozen weights later is seen by the next generation (prepare_decode), which compiles again.
+    way: inductor's own int8 kernels are what make its compiled step fast. Its graphs are cached
+    with their packed weights, keyed by a digest of the weights (FrozenWeightsKey): a later start
+    with the same weights compiles in a fraction of the time, and each set of weights compiled adds
+    its int8 bytes to the cache. Editing or replacing frozen weights later is seen by the next
+    generation (prepare_decode), which compiles again.
 
     The warm-up compiles for `batch_size` rows; another batch size compiles once more when it first
     occurs, and so does a step that writes the cache's last slot (generate never does: the last
@@ -410,7 +418,7 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
         raise ValueError(f"compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
     if model.shard_group is not None:
         raise ValueError("compile_decode does not support tensor parallelism: its collectives run outside the compiler")
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    use_our_inductor_cache()
     start = time.perf_counter()
     if model.compile_mode != mode:
         # Drop the other mode's graphs: a frozen step holds a packed copy of the weights (every
@@ -426,9 +434,9 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
             # inductor's own use of a deprecated torch API, nothing the user can act on
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
             token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # [B, 1]
-            # Two steps that differ in position and cache length: the second compile makes both
-            # variables of the graph, so no later generation compiles again. generate passes each
-            # row's position (left padding shifts them), so the warm-up does too.
+            # A graph with the position and the cache length as variables, so no later generation
+            # compiles again. generate passes each row's position (left padding shifts them), so
+            # the warm-up does too.
             warm_up_steps(model, token)
     except BaseException:
         model.compiled_decode = False  # a failed compile leaves the model as it was
@@ -441,29 +449,38 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
 
 
 def warm_up_steps(model: GPTNeoX, token: torch.Tensor) -> None:
-    """compile_decode's two steps, [B, 1] token ids: at position 1 in a cache of 4, then at 2 in 5.
+    """compile_decode's two steps, [B, 1] token ids: at position 2 in a cache of 5, then at 3 in 6.
 
-    The first compiles a graph for that one position and length, which no generation runs: it shows
-    dynamo that both change, so the second compiles the graph generations run, with both as
-    variables. A float model's first graph is therefore compiled without frozen weights, by a
-    compiled object of its own (compiled_forward({})), which reads the weights as they are: frozen,
-    it would keep a second packed copy of every weight and time inductor's kernels a second time.
-    An int8 model's is frozen all the same: inductor cannot lower its product on weights that are
-    not frozen."""
-    first = {} if compile_options(model) and not model.quantization else None
-    for options, (pos, length) in ((first, (1, 4)), (None, (2, 5))):
-        model.setup_kv_cache(token.shape[0], length)
-        decode(model, token, pos, options, position_ids=torch.full_like(token, pos))
+    The first compiles the graph generations run, with the position and the cache length as
+    variables from the start: start_pos is named to dynamo as dynamic, and so is the length of the
+    cache buffers. Left to find out by itself, dynamo compiled a graph for the first position and
+    length, which no generation runs, and another when both changed: one graph instead of two took
+    a 70m int8 compile from 91 to 68 s (17 to 12 s from the cache), with the same logits, and halves
+    an int8 model's entries in inductor's cache. The second step compiles only where that could not
+    be done (an older torch without dynamic_sources): it makes both variables then. Positions from
+    2: dynamo specializes a variable whose first value is 0 or 1."""
+    for pos in (2, 3):
+        model.setup_kv_cache(token.shape[0], pos + 3)
+        for cache in filter(None, layer_kv_caches(model)):
+            for buffer in cache:  # [B, nh, max_seq_len, hs]
+                torch._dynamo.maybe_mark_dynamic(buffer, 2)
+        with dynamic_position():
+            decode(model, token, pos, position_ids=torch.full_like(token, pos))
+
+
+def dynamic_position():
+    """Dynamo told to treat forward's start_pos as a variable from its first call (where it can be)."""
+    config = getattr(torch.compiler, "config", None)
+    if config is None or not hasattr(config, "dynamic_sources"):
+        return contextlib.nullcontext()
+    return config.patch(dynamic_sources="L['start_pos']")
 
 
 @torch.inference_mode()
-def decode(
-    model: GPTNeoX, token: torch.Tensor, pos: int, options: dict | None = None, **forward_kwargs
-) -> torch.Tensor:
+def decode(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> torch.Tensor:
     """One decode step, [B, 1] ids at sequence index pos -> logits [B, 1, V]: forward(..., checked=True),
-    compiled when compile_decode has been called for this model. `options` (default: the model's,
-    compile_options) picks the compiled object, compiled_forward(options), and so which graphs run
-    and how a new one is compiled."""
+    compiled when compile_decode has been called for this model: by the compiled object of the
+    model's inductor options (compile_options, compiled_forward), which keeps its own graphs."""
     if not model.compiled_decode:
         return forward(model, token, start_pos=pos, checked=True, **forward_kwargs)
     # Fresh [B, 1] tensors: the compiled graph is guarded on strides, and a column of a [B, total]
@@ -474,9 +491,9 @@ def decode(
         position_ids = torch.full_like(token, pos)  # [B, 1]: forward's default for one token
     else:
         position_ids = position_ids.clone(memory_format=torch.contiguous_format)
-    options = compile_options(model) if options is None else options
+    options = compile_options(model)
     try:
-        with frozen_while_traced() if options.get("freezing") else contextlib.nullcontext():
+        with frozen_while_traced(model) if options.get("freezing") else contextlib.nullcontext():
             return compiled_forward(options)(
                 model,
                 token,
@@ -496,19 +513,23 @@ def decode(
 
 
 @contextlib.contextmanager
-def frozen_while_traced():
+def frozen_while_traced(model: GPTNeoX):
     """inductor's `freezing` option on for a call of a compiled step with frozen weights: dynamo reads
     it when it traces (frozen weights are guarded by identity), which may happen at any step (a new
     batch size, new weights), before the options of compiled_forward apply. Set directly: ~9 us a
-    step, where patching inductor's config with all of FROZEN_OPTIONS around each call cost ~50."""
+    step, where patching inductor's config with all of FROZEN_OPTIONS around each call cost ~50.
+    And the model whose weights a compile in this call freezes, for the cache key (FrozenWeightsKey)."""
     import torch._inductor.config as inductor_config  # loaded already: compile_decode compiled a step
 
     kept = inductor_config.freezing
     inductor_config.freezing = True
+    key = frozen_weights_key()
+    key.model = model
     try:
         yield
     finally:
         inductor_config.freezing = kept
+        key.model = key.digest = None  # computed again for the next compile: the weights may change
 
 
 def compiled_forward(options: dict):
@@ -520,8 +541,60 @@ def compiled_forward(options: dict):
     if key not in _compiled_forwards:
         # forward without its inference_mode decorator, which dynamo does not trace through; the
         # compiled step is called inside inference_mode all the same (decode).
-        _compiled_forwards[key] = torch.compile(forward.__wrapped__, options={**options, **vector_width()})
+        options = {**options, **vector_width()}
+        if options.get("freezing") and options.get("fx_graph_cache"):
+            options["post_grad_custom_post_pass"] = frozen_weights_key()  # the weights in the cache key
+        _compiled_forwards[key] = torch.compile(forward.__wrapped__, options=options)
     return _compiled_forwards[key]
+
+
+@functools.cache
+def frozen_weights_key():
+    """The one FrozenWeightsKey (made on first use: its base class loads the compiler)."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class FrozenWeightsKey(CustomGraphPass):
+        """A post-grad pass that changes nothing: inductor adds its uuid to the key of its graph cache,
+        and the uuid is a digest of the weights a compile freezes (those of `model`, which
+        frozen_while_traced sets around each call). Without it, the cache handed a graph compiled
+        from one checkpoint's weights to another of the same shape. No model known: None, which
+        tells inductor not to cache the graph."""
+
+        model: GPTNeoX | None = None
+        digest: str | None = None  # of model's weights, computed once per call
+
+        def __call__(self, graph) -> None:
+            return None
+
+        def uuid(self) -> str | None:
+            if self.model is not None and self.digest is None:
+                self.digest = weights_digest(self.model)
+            return self.digest
+
+    return FrozenWeightsKey()
+
+
+def weights_digest(model: GPTNeoX) -> str:
+    """A digest of the names, dtypes, shapes and bytes of every parameter and buffer of model: what a
+    compiled step with frozen weights is made from. ~0.06 s for 14m, ~0.3 s for 160m int8."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {data.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(data.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def use_our_inductor_cache() -> None:
+    """Point inductor's cache at $NEOX_MINI_CACHE/inductor, unless TORCHINDUCTOR_CACHE_DIR names a
+    folder of the user's. Inductor writes its default folder into that variable the first time
+    anything asks it where its cache is (importing transformers' models does), so its default
+    counts as unnamed: otherwise whether our folder is used would depend on what was imported first."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    named = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if named is None or os.path.abspath(named) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
 
 
 def vector_width() -> dict:

@@ -11,6 +11,8 @@ its kernels); the compiled code lands in this session's own cache folder (confte
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import random_ids, tiny
@@ -23,10 +25,15 @@ from neox_mini.synthetic import random_model
 @pytest.fixture(scope="module")
 def model():
     """A tiny model with its decode step compiled for one row."""
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()  # compiled graphs of other tests' models do not count against the cache limit
     model = random_model(tiny(), seed=3)
+    graphs = counters["stats"]["unique_graphs"]
     seconds = fast.compile_decode(model, batch_size=1)
     assert model.compiled_decode and seconds > 0
+    if hasattr(torch.compiler.config, "dynamic_sources"):  # dynamo told position and length vary: one graph
+        assert counters["stats"]["unique_graphs"] == graphs + 1
     return model
 
 
@@ -234,6 +241,44 @@ def test_int8_without_template_falls_back_to_aten(monkeypatch):
     compiled, eager = decode_logits(model, ids, True), decode_logits(model, ids, False)
     d = difference("int8 decode logits, ATen's kernel", compiled, eager)
     assert d.rel_error <= TOLERANCES["int8"], d
+
+
+def test_int8_graph_cache_is_keyed_by_the_weights(int8_model):
+    """An int8 model's compiled graphs are cached with the layout inductor made from its weights, so
+    their key holds a digest of the weights: with int8_model's graphs in the cache, a model of the
+    same shape with other weights compiles its own (the cache handed it int8_model's before), and
+    compiled again, its own come back from the cache. dynamo's reset stands for a new process."""
+    from torch._dynamo.utils import counters
+
+    other = random_model(tiny(), seed=13).quantize("int8")
+    ids = random_ids(other.config, batch=1, length=12, seed=14)
+    miss, hit = "fxgraph_cache_miss", "fxgraph_cache_hit"
+    for outcome, other_outcome in ((miss, hit), (hit, miss)):
+        torch._dynamo.reset()
+        before = {name: counters["inductor"][name] for name in (outcome, other_outcome)}
+        fast.compile_decode(other)
+        after = {name: counters["inductor"][name] for name in (outcome, other_outcome)}
+        assert after[outcome] > before[outcome] and after[other_outcome] == before[other_outcome], (before, after)
+        compiled, eager = decode_logits(other, ids, True), decode_logits(other, ids, False)
+        d = difference(f"int8 decode logits after a cache {outcome[-4:]}", compiled, eager)
+        assert d.rel_error <= TOLERANCES["int8"], d
+
+
+@pytest.mark.parametrize("named", [None, "default", "/elsewhere"])
+def test_inductor_cache_is_ours_unless_named(named, monkeypatch):
+    """compile_decode points inductor's cache into $NEOX_MINI_CACHE unless TORCHINDUCTOR_CACHE_DIR
+    names another folder. Inductor's default folder counts as unnamed: inductor writes it into the
+    variable as soon as anything asks where its cache is (importing transformers' models does)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    value = {None: None, "default": default_cache_dir()}.get(named, named)
+    if value is None:
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", value)
+    fast.use_our_inductor_cache()
+    ours = str(fast.cache_root() / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == (named if named == "/elsewhere" else ours)
 
 
 def test_the_vector_width_is_stated_to_inductor(monkeypatch):
