@@ -576,7 +576,8 @@ def frozen_weights_key():
 
 def weights_digest(model: GPTNeoX) -> str:
     """A digest of the names, dtypes, shapes and bytes of every parameter and buffer of model: what a
-    compiled step with frozen weights is made from. ~0.06 s for 14m, ~0.3 s for 160m int8."""
+    compiled step with frozen weights is made from. Once per compile: 0.07 / 0.34 / 0.65 s for an int8
+    14m / 70m / 160m, most of it embed_in, which stays in fp32."""
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
         data = tensor.detach().cpu().contiguous().reshape(-1)
