@@ -22,8 +22,10 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
     F.scaled_dot_product_attention call, and no mask is built when causality alone decides
     (decoding one token, or a prefill from position 0).
   * Prefill for generation asks only for the last position's logits (last_token_only).
-  * An int8 model's decode kernels are chosen by timing whole decode steps, once per machine
-    (choose_int8_decode_kernels): timed one product at a time, the kernels rank differently.
+  * The decode kernels are chosen by timing whole decode steps, once per machine
+    (choose_int8_decode_kernels, choose_float_decode_kernels): timed one product at a time, the
+    kernels rank differently. For a float model, F.linear everywhere (transformers' choice) is
+    the floor the per-product choices must beat.
   * Opt-in, `compile_decode` (end of this file) has torch.compile fuse a decode step's ~15 small
     ops per layer into a few loops: 1.06-1.88x per token in fp32 here, for tens of seconds of
     compiling. In mode "max-autotune", and always for an int8 model, the weights are frozen into
@@ -336,9 +338,9 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     step each weight comes back after all the others have streamed through the caches, with small
     operations in between. On the Intel machine of docs/performance.md the per-product choice
     (int8-pack for the layers' weights) decoded 160m 20-30% slower than int8-fbgemm everywhere.
-    So whole assignments compete: the per-product choices, and each kernel for every product
-    (but int8-dequant, which converts every weight at every step and stays where it wins alone),
-    each timed over decode steps on a throwaway KV cache, in turn, best of 3; the fastest is kept."""
+    So whole assignments compete (fastest_assignment): the per-product choices, and each kernel for
+    every product (but int8-dequant, which converts every weight at every step and stays where it
+    wins alone)."""
     layers = [module for module in model.modules() if isinstance(module, Int8Linear)]
     device = model.gpt_neox.final_layer_norm.weight.device
     if not layers or batch_size > matvec.MAX_ROWS or model.shard_group is not None or device.type != "cpu":
@@ -347,10 +349,51 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     shapes = sorted({tuple(module.weight.shape) for module in layers})
     keys = [matvec.int8_choice_key(dtype, shape, batch_size) for shape in shapes]
     step_key = matvec.decode_step_key(dtype, shapes, batch_size)
+    if step_key in matvec.load_choices():
+        return 0.0
+    kernels = [kernel for kernel in matvec.int8_candidates(batch_size) if kernel != "int8-dequant"]
+    began = time.perf_counter()
+    fastest_assignment(model, batch_size, keys, kernels, step_key)
     choices = matvec.load_choices()
-    if step_key in choices:
+    for module in layers:
+        key = matvec.int8_choice_key(dtype, module.weight.shape, batch_size)
+        matvec.drop_unused_packs(module.weight, dtype, choices[key])
+    matvec.save_choices()
+    return time.perf_counter() - began
+
+
+def choose_float_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
+    """For a float model on the CPU: the same choice as choose_int8_decode_kernels, between the
+    per-product choices (matvec.linear) and F.linear for every product, once per machine, model shape
+    and batch size. Timed one product at a time, the batched product over row blocks won most products
+    of 8 rows with the CPU held to AVX2 (ATEN_CPU_CAPABILITY=avx2), yet F.linear everywhere decoded a
+    batch of 8 on 160m 8% faster (docs/performance.md): F.linear, which transformers runs, is the
+    floor no choice may fall below. Returns the seconds it took: 0 when the choice was already made
+    (or there is none to make)."""
+    layers = [module for module in model.modules() if type(module) is torch.nn.Linear]
+    if not layers or batch_size > matvec.MAX_ROWS or model.shard_group is not None:
+        return 0.0
+    weight = layers[0].weight
+    if weight.device.type != "cpu":
+        return 0.0
+    shapes = sorted({tuple(module.weight.shape) for module in layers})
+    keys = [matvec.choice_key(weight.dtype, shape, batch_size) for shape in shapes]
+    step_key = matvec.float_step_key(weight.dtype, shapes, batch_size)
+    if step_key in matvec.load_choices():
         return 0.0
     began = time.perf_counter()
+    fastest_assignment(model, batch_size, keys, ["linear"], step_key)
+    matvec.save_choices()
+    return time.perf_counter() - began
+
+
+def fastest_assignment(model: GPTNeoX, batch_size: int, keys: list[str], methods: list[str], step_key: str) -> str:
+    """Time whole decode steps of `batch_size` rows on a throwaway KV cache under each assignment of
+    methods to the products' choice keys: the per-product choices (measured by the first step where
+    missing), and each of `methods` for every product. Each assignment runs 4 steps, best of 3 rounds
+    after a warm-up. The winner is left in matvec's choices, under step_key too (not yet saved)."""
+    device = model.gpt_neox.final_layer_norm.weight.device
+    choices = matvec.load_choices()
     steps = 4
     kept = [block.attention.kv_cache for block in model.gpt_neox.layers]
     winner, variants = "per-product", {"per-product": {}}
@@ -360,9 +403,8 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
             token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # [B, 1]
             forward(model, token, checked=True)  # the per-product choices, measured where missing
             variants["per-product"] = {key: choices[key] for key in keys}
-            for kernel in matvec.int8_candidates(batch_size):
-                if kernel != "int8-dequant":
-                    variants[kernel] = dict.fromkeys(keys, kernel)
+            for method in methods:
+                variants[method] = dict.fromkeys(keys, method)
             best = dict.fromkeys(variants, float("inf"))
             for repeat in range(4):  # the first is a warm-up: packing, first calls
                 for name, assignment in variants.items():
@@ -378,11 +420,7 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
         for block, cache in zip(model.gpt_neox.layers, kept, strict=True):
             block.attention.kv_cache = cache
     choices[step_key] = winner
-    for module in layers:
-        key = matvec.int8_choice_key(dtype, module.weight.shape, batch_size)
-        matvec.drop_unused_packs(module.weight, dtype, choices[key])
-    matvec.save_choices()
-    return time.perf_counter() - began
+    return winner
 
 
 COMPILE_MODES = ("default", "max-autotune")
@@ -635,6 +673,7 @@ def prepare_decode(model: GPTNeoX, batch_size: int) -> None:
     been edited in place or replaced dropped. Its frozen copies of them are stale (an edit) or would
     stay in memory beside a new step (a replacement); it compiles again on the next step. Dropping
     clears every compiled decode step, other models' too: they compile again on their next call."""
+    choose_float_decode_kernels(model, batch_size)
     choose_int8_decode_kernels(model, batch_size)
     drop_stale_step(model)
 

@@ -359,9 +359,15 @@ def _choice_key(dtype: torch.dtype, O: int, I: int, rows: int | str, threads: in
 
 
 def decode_step_key(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int) -> str:
-    """The key of a whole int8 decode step's choice (fast.choose_int8_decode_kernels)."""
+    """The key of a whole int8 decode step's choice (fast.choose_int8_decode_kernels); dtype is the
+    activations'."""
     weights = "+".join(f"{O}x{I}" for O, I in shapes)
     return f"decode {str(dtype).removeprefix('torch.')} {weights} rows={rows} threads={torch.get_num_threads()}"
+
+
+def float_step_key(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int) -> str:
+    """The key of a whole float decode step's choice (fast.choose_float_decode_kernels)."""
+    return "float " + decode_step_key(dtype, shapes, rows)
 
 
 def int8_choice_key(dtype: torch.dtype, shape: tuple[int, int], rows: int) -> str:
@@ -402,12 +408,14 @@ def machine() -> str:
 
 
 def valid_values(key: str):
-    """What a stored choice may be: a float method, an int8 one, or for a whole int8 decode step
-    (fast.choose_int8_decode_kernels) the assignment that won."""
+    """What a stored choice may be: a float method, an int8 one, or for a whole decode step
+    (fast.choose_int8_decode_kernels, choose_float_decode_kernels) the assignment that won."""
     if key.startswith("int8 "):
         return INT8_METHODS
     if key.startswith("decode "):
         return ("per-product", *INT8_METHODS)
+    if key.startswith("float decode "):
+        return ("per-product", *METHODS)
     return METHODS
 
 

@@ -2,13 +2,16 @@
 machine, kept in a file, and a bad file is measured over, never trusted."""
 
 import json
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_ids, tiny
 
-from neox_mini import matvec
+from neox_mini import fast, matvec
 from neox_mini.parity import TOLERANCES, difference
+from neox_mini.synthetic import random_model
 
 FP32 = TOLERANCES["float32"]
 
@@ -73,3 +76,46 @@ def test_a_bad_cache_file_is_measured_over(fresh, content):
     x, w = torch.randn(1, 32), torch.randn(64, 32)
     assert not difference("linear", matvec.linear(x, w), F.linear(x, w)).over(FP32)
     assert all(v in matvec.METHODS for v in json.loads(fresh.read_text())[matvec.machine()].values())
+
+
+def step_shapes(model) -> list[tuple[int, int]]:
+    return sorted({tuple(m.weight.shape) for m in model.modules() if type(m) is torch.nn.Linear})
+
+
+def test_float_decode_kernels_are_chosen_once_over_whole_steps(fresh, monkeypatch):
+    model = random_model(tiny(), seed=0)
+    assert fast.choose_float_decode_kernels(model, 2) > 0
+    assert all(block.attention.kv_cache is None for block in model.gpt_neox.layers)  # the caches as they were
+    choices = matvec.load_choices()
+    step = choices[matvec.float_step_key(torch.float32, step_shapes(model), 2)]
+    assert step in ("per-product", "linear")
+    for shape in step_shapes(model):
+        method = choices[matvec.choice_key(torch.float32, shape, 2)]
+        assert method in matvec.candidates(2, shape[0]) and (step == "per-product" or method == "linear")
+    # Kept on disk: a new process (here: the choices read again) does not time the steps again.
+    monkeypatch.setattr(matvec, "_choices", None)
+    monkeypatch.setattr(fast, "forward", lambda *a, **k: pytest.fail("timed again"))
+    assert fast.choose_float_decode_kernels(model, 2) == 0.0
+
+
+def test_f_linear_everywhere_wins_over_per_product_choices_that_decode_slower(fresh, monkeypatch):
+    """F.linear for every product (what transformers runs) is the floor: per-product choices that
+    make whole steps slower are replaced by it."""
+    model = random_model(tiny(), seed=0)
+    choices = matvec.load_choices()
+    for shape in step_shapes(model):  # as if it had won alone (the 1001-row LM head: F.linear)
+        choices[matvec.choice_key(torch.float32, shape, 1)] = "split-2" if shape[0] % 2 == 0 else "linear"
+    split = matvec.METHODS["split-2"]
+
+    def slow_split(*args):
+        time.sleep(0.001)
+        return split(*args)
+
+    monkeypatch.setitem(matvec.METHODS, "split-2", slow_split)
+    fast.choose_float_decode_kernels(model, 1)
+    assert choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)] == "linear"
+    assert all(choices[matvec.choice_key(torch.float32, shape, 1)] == "linear" for shape in step_shapes(model))
+    ids = random_ids(model.config, batch=1, length=5)
+    with torch.inference_mode():
+        d = difference("decode after the choice", fast.forward(model, ids), model(ids))
+        assert not d.over(FP32), str(d)
