@@ -23,6 +23,11 @@ JSON file keyed by the CPU, torch version, the candidates' code and thread count
 later processes skip it: $NEOX_MINI_CACHE/matvec.json, default ~/.cache/neox_mini. Products of
 more than MAX_ROWS rows are matrix products (compute-bound), and always F.linear; so are all
 products off the CPU.
+
+A product timed alone is not a product inside a decode step, where each weight arrives after all
+the others have streamed through the caches: the first generation of a model on a machine also
+times whole decode steps (fast.choose_float_decode_kernels, choose_int8_decode_kernels) with these
+choices against F.linear (or each int8 kernel) for every product, and keeps the faster assignment.
 """
 
 from __future__ import annotations
