@@ -347,10 +347,10 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
         return 0.0
     dtype = model.gpt_neox.final_layer_norm.weight.dtype  # the activations'
     shapes = sorted({tuple(module.weight.shape) for module in layers})
-    keys = [matvec.int8_choice_key(dtype, shape, batch_size) for shape in shapes]
     step_key = matvec.decode_step_key(dtype, shapes, batch_size)
     if step_key in matvec.load_choices():
         return 0.0
+    keys = [matvec.int8_choice_key(dtype, shape, batch_size) for shape in shapes]
     kernels = [kernel for kernel in matvec.int8_candidates(batch_size) if kernel != "int8-dequant"]
     began = time.perf_counter()
     fastest_assignment(model, batch_size, keys, kernels, step_key)
@@ -377,10 +377,10 @@ def choose_float_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     if weight.device.type != "cpu":
         return 0.0
     shapes = sorted({tuple(module.weight.shape) for module in layers})
-    keys = [matvec.choice_key(weight.dtype, shape, batch_size) for shape in shapes]
     step_key = matvec.float_step_key(weight.dtype, shapes, batch_size)
     if step_key in matvec.load_choices():
         return 0.0
+    keys = [matvec.choice_key(weight.dtype, shape, batch_size) for shape in shapes]
     began = time.perf_counter()
     fastest_assignment(model, batch_size, keys, ["linear"], step_key)
     matvec.save_choices()
