@@ -434,19 +434,20 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
     attention, GELU, residual adds) become a few fused loops, which matters most where decoding is
     bound by the cost per operation (pythia-14m), little where it is bound by streaming the weights.
 
-    mode "default": the float products are inductor's library calls (as F.linear's), and inductor
-    keeps what it built in $TORCHINDUCTOR_CACHE_DIR (default: $NEOX_MINI_CACHE/inductor), so a later
-    process with the same model shape, dtype and batch size compiles in a fraction of the first
-    time. mode "max-autotune" (as torch.compile's), on the CPU: the weights are frozen into the
-    compiled step (FROZEN_OPTIONS) and inductor builds and times its own kernel for each product,
-    1.1-1.25x faster fp32 decoding here (docs/performance.md), for more memory (a packed copy of the
-    weights) and half a minute to two of compiling at every start: MKL's packed weights cannot be
-    cached (off the CPU, it is the default mode). An int8 model on the CPU is always compiled that
-    way: inductor's own int8 kernels are what make its compiled step fast. Its graphs are cached
-    with their packed weights, keyed by a digest of the weights (FrozenWeightsKey): a later start
-    with the same weights compiles in a fraction of the time, and each set of weights compiled adds
-    its int8 bytes to the cache. Editing or replacing frozen weights later is seen by the next
-    generation (prepare_decode), which compiles again.
+    mode "default": each float product is the method measured fastest on this machine
+    (matvec.method_when_compiled; chosen first, uncompiled, if it was not yet), a library call as
+    uncompiled, and inductor keeps what it built in $TORCHINDUCTOR_CACHE_DIR (default:
+    $NEOX_MINI_CACHE/inductor), so a later process with the same model shape, dtype and batch size
+    compiles in a fraction of the first time. mode "max-autotune" (as torch.compile's), on the CPU: the
+    weights are frozen into the compiled step (FROZEN_OPTIONS) and inductor builds and times its own
+    kernel for each product, 1.1-1.25x faster fp32 decoding here (docs/performance.md), for more memory
+    (a packed copy of the weights) and half a minute to two of compiling at every start: MKL's packed
+    weights cannot be cached (off the CPU, it is the default mode). An int8 model on the CPU is always
+    compiled that way: inductor's own int8 kernels are what make its compiled step fast. Its graphs are
+    cached with their packed weights, keyed by a digest of the weights (FrozenWeightsKey): a later start
+    with the same weights compiles in a fraction of the time, and each set of weights compiled adds its
+    int8 bytes to the cache. Editing or replacing frozen weights later is seen by the next generation
+    (prepare_decode), which compiles again.
 
     The warm-up compiles for `batch_size` rows; another batch size compiles once more when it first
     occurs, and so does a step that writes the cache's last slot (generate never does: the last
@@ -462,6 +463,8 @@ def compile_decode(model: GPTNeoX, batch_size: int = 1, mode: str = "default") -
         # Drop the other mode's graphs: a frozen step holds a packed copy of the weights (every
         # model's graphs go: the others compile again on their next step).
         torch._dynamo.reset_code(forward.__wrapped__.__code__)
+    # The products' methods, measured uncompiled: the compiled step traces them (a float model's).
+    choose_float_decode_kernels(model, batch_size)
     model.compiled_decode, model.compile_mode = True, mode
     drop_stale_step(model)  # compiled before, from weights edited since: the warm-up would reuse it
     device = model.gpt_neox.final_layer_norm.weight.device
@@ -580,6 +583,8 @@ def compiled_forward(options: dict):
         # forward without its inference_mode decorator, which dynamo does not trace through; the
         # compiled step is called inside inference_mode all the same (decode).
         options = {**options, **vector_width()}
+        # Each product's method is looked up once, while dynamo traces (marked in place).
+        torch.compiler.assume_constant_result(matvec.method_when_compiled)
         if options.get("freezing") and options.get("fx_graph_cache"):
             options["post_grad_custom_post_pass"] = frozen_weights_key()  # the weights in the cache key
         _compiled_forwards[key] = torch.compile(forward.__wrapped__, options=options)

@@ -53,16 +53,34 @@ KERNELS = 2  # bumped when a candidate's code changes under the same name: its c
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias): [..., I] -> [..., O], by this machine's fastest method."""
-    if torch.compiler.is_compiling():
-        # Inductor's own product (a library call, as F.linear is here), not the choice measured on
-        # this machine: an opaque call would cost ~40 us in Python per product, more than a small
-        # model's whole product. The choice matters most for bf16 (docs/performance.md).
-        return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
+    if torch.compiler.is_compiling():
+        return METHODS[method_when_compiled(weight.dtype, tuple(weight.shape), rows)](x, weight, bias)
     if rows > MAX_ROWS or weight.device.type != "cpu":
         return F.linear(x, weight, bias)
     method = chosen(choice_key(weight.dtype, weight.shape, rows), lambda: fastest(x, weight, bias))
     return METHODS[method](x, weight, bias)
+
+
+def method_when_compiled(dtype: torch.dtype, shape: tuple[int, int], rows: int) -> str:
+    """The method a compiled decode step (fast.compile_decode) traces for a product: this machine's
+    choice, never measured here (the choices are made before compiling, uncompiled; one not made is
+    F.linear). The compiler calls this once, while it traces, and keeps the answer (fast marks it
+    with torch.compiler.assume_constant_result): no guard, no Python at each step.
+
+    The batched product over row blocks stays a library call (bmm) in the compiled step, as fast as
+    uncompiled: on an AMD EPYC (Zen 4), where it streams the weights 2-3x faster than F.linear,
+    tracing F.linear for every product made the compiled step half as fast as the uncompiled one
+    (docs/performance.md). torch.mv does not stay one: inductor turns it into a loop of its own,
+    fused with the operations around it, which made a compiled 160m step slower than the uncompiled
+    one; F.linear, the same BLAS product (as fast as torch.mv there), takes its place. With frozen
+    weights (mode "max-autotune", int8) inductor times its own kernels against F.linear's: F.linear."""
+    import torch._inductor.config as inductor_config  # loaded already: this runs while compiling
+
+    if inductor_config.freezing or rows > MAX_ROWS:
+        return "linear"
+    method = load_choices().get(choice_key(dtype, shape, rows), "linear")
+    return "linear" if method == "mv" else method
 
 
 def int8_linear(
@@ -293,7 +311,13 @@ def by_split(k: int):
     def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows, (O, I) = x.numel() // x.shape[-1], weight.shape
         w = weight.view(k, O // k, I)  # [k, O/k, I]
-        xt = x.reshape(1, rows, I).transpose(1, 2).expand(k, -1, -1)  # [k, I, rows]
+        # x as k columns [I, rows] of one matrix, every block reading the same memory. The strides
+        # are set, not left to views: for one row, views may give the size-1 dimension any stride,
+        # and a compiled step's gave it 0. ATen's bmm ran fast with the column stride I (what
+        # views of a contiguous x give uncompiled) and 7x slower with 0 or 1 (68 against 471 us,
+        # 1536 x 512 in 4 blocks).
+        x2 = x.reshape(rows, I).contiguous()  # [rows, I]
+        xt = torch.as_strided(x2, (k, I, rows), (0, 1, I))  # [k, I, rows]
         if bias is None:
             y = torch.bmm(w, xt)  # [k, O/k, rows]
         else:

@@ -119,3 +119,51 @@ def test_f_linear_everywhere_wins_over_per_product_choices_that_decode_slower(fr
     with torch.inference_mode():
         d = difference("decode after the choice", fast.forward(model, ids), model(ids))
         assert not d.over(FP32), str(d)
+
+
+def test_a_compiled_step_traces_this_machines_choice(fresh, monkeypatch):
+    """compile_decode's step runs each float product by the method chosen on this machine (here
+    forced: the batched product over 2 blocks where the rows divide), as a library call, and
+    computes what the uncompiled step does."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    model = random_model(tiny(), seed=4)
+    choices = matvec.load_choices()
+    for shape in step_shapes(model):  # the 1001-row LM head: F.linear
+        choices[matvec.choice_key(torch.float32, shape, 1)] = "split-2" if shape[0] % 2 == 0 else "linear"
+    choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)] = "per-product"
+    with torch._inductor.config.patch(fx_graph_cache=False):  # a graph from the cache shows no code
+        _, code = run_and_get_code(fast.compile_decode, model, 1)
+    code = "\n".join(code)
+    # The layers' products (with a bias) are batched; the LM head's (no bias) is F.linear's mm.
+    assert "extern_kernels.baddbmm" in code and "extern_kernels.addmm" not in code, code
+    assert "extern_kernels.mm(" in code, code
+    ids = random_ids(model.config, batch=1, length=8, seed=2)
+    with torch.inference_mode():
+        model.setup_kv_cache(1, 9)
+        fast.forward(model, ids[:, :7])
+        compiled = fast.decode(model, ids[:, 7:], 7)
+        model.compiled_decode = False
+        fast.forward(model, ids[:, :7])
+        eager = fast.decode(model, ids[:, 7:], 7)
+        model.clear_kv_cache()
+    d = difference("compiled step with split-2 products", compiled, eager)
+    assert not d.over(FP32), str(d)
+
+
+def test_what_a_compiled_step_traces(fresh, monkeypatch):
+    """torch.mv becomes inductor's own loop when compiled: F.linear (the same BLAS product) instead.
+    Products of many rows, products not chosen yet, and frozen weights (inductor times its own
+    kernels against F.linear's): F.linear."""
+    import torch._inductor.config as inductor_config
+
+    choices = matvec.load_choices()
+    for shape, method in {(64, 32): "split-4", (96, 32): "mv", (128, 32): "linear"}.items():
+        choices[matvec.choice_key(torch.float32, shape, 1)] = method
+    expected = {(64, 32): "split-4", (96, 32): "linear", (128, 32): "linear", (160, 32): "linear"}
+    for shape, method in expected.items():
+        assert matvec.method_when_compiled(torch.float32, shape, 1) == method
+    assert matvec.method_when_compiled(torch.float32, (64, 32), matvec.MAX_ROWS + 1) == "linear"
+    monkeypatch.setattr(inductor_config, "freezing", True)
+    assert matvec.method_when_compiled(torch.float32, (64, 32), 1) == "linear"
