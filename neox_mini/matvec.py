@@ -2,10 +2,11 @@
 
 Decoding multiplies every weight matrix by one vector per sequence: the step is bound by how fast
 the weights stream from memory, and which formulation streams fastest depends on the machine and
-the dtype. Measured on two CPUs (docs/performance.md): on an AMD EPYC (AVX2) a batched product over
-row blocks of the weight was 1.5-1.8x F.linear for the LM head; on an Intel Xeon (AVX-512, AMX) the
-same trick is 2.5x slower than F.linear in fp32, while in bf16 F.linear is the slow one (13 GB/s
-against 33 for torch.mv). No constant is right everywhere, so none is kept:
+the dtype. Measured on three CPUs (docs/performance.md): on an AMD EPYC (Zen 3, AVX2) a batched
+product over row blocks of the weight was 1.5-1.8x F.linear for the LM head, on a Zen 4 (AVX-512)
+2-5x; on an Intel Xeon (AVX-512, AMX) the same trick is 2.5x slower than F.linear in fp32, while in
+bf16 F.linear is the slow one (13 GB/s against 33 for torch.mv). No constant is right everywhere,
+so none is kept:
 
     linear(x, weight, bias)    F.linear(x, weight, bias), by the method measured fastest for this
                                (weight shape, dtype, rows, threads) on this CPU
@@ -418,6 +419,15 @@ def machine() -> str:
     model numbers, since a virtual machine may name every CPU "Intel Xeon Processor"), what ATen and
     oneDNN may use of it (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), and the code of the candidates:
     torch's kernels and the ones here (KERNELS)."""
+    cpu = cpu_name()
+    methods = ",".join([*METHODS, *INT8_METHODS])  # new candidates: measure again
+    capability = f"{torch.backends.cpu.get_cpu_capability()}{' VNNI' if vnni() else ''}"  # ATen's and oneDNN's limits
+    return f"{cpu} | {capability} | torch {torch.__version__} | {methods} | kernels {KERNELS}"
+
+
+def cpu_name() -> str:
+    """The CPU's name with its family and model numbers ("AMD EPYC (family 25, model 17)"): a virtual
+    machine may give every CPU the same name."""
     cpu, fields = platform.processor() or "?", {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -431,9 +441,7 @@ def machine() -> str:
     cpu = fields.get("model name", cpu)
     if "cpu family" in fields:
         cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    methods = ",".join([*METHODS, *INT8_METHODS])  # new candidates: measure again
-    capability = f"{torch.backends.cpu.get_cpu_capability()}{' VNNI' if vnni() else ''}"  # ATen's and oneDNN's limits
-    return f"{cpu} | {capability} | torch {torch.__version__} | {methods} | kernels {KERNELS}"
+    return cpu
 
 
 def valid_values(key: str):

@@ -816,12 +816,13 @@ def environment(threads: int) -> dict:
     import tokenizers
     import transformers
 
+    from neox_mini.matvec import cpu_name
+
     cpuinfo = open("/proc/cpuinfo").read().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8")
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_flags": [f for f in wanted if f in flags],
         "cores": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
