@@ -56,6 +56,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias): [..., I] -> [..., O], by this machine's fastest method."""
     rows = x.numel() // x.shape[-1]
     if torch.compiler.is_compiling():
+        if weight.device.type != "cpu":  # the choices are the CPU's, whatever the device
+            return F.linear(x, weight, bias)
         return METHODS[method_when_compiled(weight.dtype, tuple(weight.shape), rows)](x, weight, bias)
     if rows > MAX_ROWS or weight.device.type != "cpu":
         return F.linear(x, weight, bias)

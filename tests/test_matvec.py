@@ -128,6 +128,7 @@ def test_a_compiled_step_traces_this_machines_choice(fresh, monkeypatch):
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compile_decode names it: undone after
     model = random_model(tiny(), seed=4)
     choices = matvec.load_choices()
     for shape in step_shapes(model):  # the 1001-row LM head: F.linear
