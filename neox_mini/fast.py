@@ -353,7 +353,7 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     keys = [matvec.int8_choice_key(dtype, shape, batch_size) for shape in shapes]
     kernels = [kernel for kernel in matvec.int8_candidates(batch_size) if kernel != "int8-dequant"]
     began = time.perf_counter()
-    fastest_assignment(model, batch_size, keys, kernels, step_key)
+    fastest_assignment(model, batch_size, keys, {kernel: dict.fromkeys(keys, kernel) for kernel in kernels}, step_key)
     choices = matvec.load_choices()
     for module in layers:
         key = matvec.int8_choice_key(dtype, module.weight.shape, batch_size)
@@ -364,11 +364,14 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
 
 def choose_float_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     """For a float model on the CPU: the same choice as choose_int8_decode_kernels, between the
-    per-product choices (matvec.linear) and F.linear for every product, once per machine, model shape
-    and batch size. Timed one product at a time, the batched product over row blocks won most products
-    of 8 rows with the CPU held to AVX2 (ATEN_CPU_CAPABILITY=avx2), yet F.linear everywhere decoded a
-    batch of 8 on 160m 8% faster (docs/performance.md): F.linear, which transformers runs, is the
-    floor no choice may fall below. Returns the seconds it took: 0 when the choice was already made
+    per-product choices (matvec.linear), F.linear for every product, and each batched product over
+    row blocks (split-k) for every product whose rows it divides (F.linear for the others), once per
+    machine, model shape and batch size. Timed one product at a time, the batched product won most
+    products of 8 rows with the CPU held to AVX2 (ATEN_CPU_CAPABILITY=avx2), yet F.linear everywhere
+    decoded a batch of 8 on 160m 8% faster: F.linear, which transformers runs, is the floor no choice
+    may fall below. On an AMD Zen 4 it went the other way: torch.mv won 160m's 768 x 3072 product
+    alone, warm in the caches, and a split for every product decoded 160m 18% faster than those
+    choices (docs/performance.md). Returns the seconds it took: 0 when the choice was already made
     (or there is none to make)."""
     layers = [module for module in model.modules() if type(module) is torch.nn.Linear]
     if not layers or batch_size > matvec.MAX_ROWS or model.shard_group is not None:
@@ -380,18 +383,26 @@ def choose_float_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     step_key = matvec.float_step_key(weight.dtype, shapes, batch_size)
     if step_key in matvec.load_choices():
         return 0.0
-    keys = [matvec.choice_key(weight.dtype, shape, batch_size) for shape in shapes]
+    keys = {matvec.choice_key(weight.dtype, shape, batch_size): shape for shape in shapes}
+
+    def everywhere(method: str) -> dict[str, str]:  # the method for every product it can compute
+        return {key: method if method in matvec.candidates(batch_size, O) else "linear" for key, (O, _) in keys.items()}
+
+    methods = ["linear", *(f"split-{k}" for k in matvec.SPLITS)]
     began = time.perf_counter()
-    fastest_assignment(model, batch_size, keys, ["linear"], step_key)
+    fastest_assignment(model, batch_size, list(keys), {method: everywhere(method) for method in methods}, step_key)
     matvec.save_choices()
     return time.perf_counter() - began
 
 
-def fastest_assignment(model: GPTNeoX, batch_size: int, keys: list[str], methods: list[str], step_key: str) -> str:
+def fastest_assignment(
+    model: GPTNeoX, batch_size: int, keys: list[str], assignments: dict[str, dict[str, str]], step_key: str
+) -> str:
     """Time whole decode steps of `batch_size` rows on a throwaway KV cache under each assignment of
     methods to the products' choice keys: the per-product choices (measured by the first step where
-    missing), and each of `methods` for every product. Each assignment runs 4 steps, best of 3 rounds
-    after a warm-up. The winner is left in matvec's choices, under step_key too (not yet saved)."""
+    missing), and each of `assignments` (name -> {key: method}). Each assignment runs 4 steps, best of
+    3 rounds after a warm-up. The winner is left in matvec's choices, under step_key too (its name;
+    not yet saved)."""
     device = model.gpt_neox.final_layer_norm.weight.device
     choices = matvec.load_choices()
     steps = 4
@@ -403,8 +414,7 @@ def fastest_assignment(model: GPTNeoX, batch_size: int, keys: list[str], methods
             token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # [B, 1]
             forward(model, token, checked=True)  # the per-product choices, measured where missing
             variants["per-product"] = {key: choices[key] for key in keys}
-            for method in methods:
-                variants[method] = dict.fromkeys(keys, method)
+            variants.update(assignments)
             best = dict.fromkeys(variants, float("inf"))
             for repeat in range(4):  # the first is a warm-up: packing, first calls
                 for name, assignment in variants.items():

@@ -88,14 +88,24 @@ def test_float_decode_kernels_are_chosen_once_over_whole_steps(fresh, monkeypatc
     assert all(block.attention.kv_cache is None for block in model.gpt_neox.layers)  # the caches as they were
     choices = matvec.load_choices()
     step = choices[matvec.float_step_key(torch.float32, step_shapes(model), 2)]
-    assert step in ("per-product", "linear")
-    for shape in step_shapes(model):
+    assert step in ("per-product", "linear", *(f"split-{k}" for k in matvec.SPLITS))
+    for shape in step_shapes(model):  # a method everywhere: F.linear where it cannot compute a product
         method = choices[matvec.choice_key(torch.float32, shape, 2)]
-        assert method in matvec.candidates(2, shape[0]) and (step == "per-product" or method == "linear")
+        assert method in matvec.candidates(2, shape[0])
+        expected = step if step in matvec.candidates(2, shape[0]) else "linear"
+        assert step == "per-product" or method == expected, (shape, step, method)
     # Kept on disk: a new process (here: the choices read again) does not time the steps again.
     monkeypatch.setattr(matvec, "_choices", None)
     monkeypatch.setattr(fast, "forward", lambda *a, **k: pytest.fail("timed again"))
     assert fast.choose_float_decode_kernels(model, 2) == 0.0
+
+
+def slowed(method):
+    def slow(*args):
+        time.sleep(0.001)
+        return method(*args)
+
+    return slow
 
 
 def test_f_linear_everywhere_wins_over_per_product_choices_that_decode_slower(fresh, monkeypatch):
@@ -105,19 +115,35 @@ def test_f_linear_everywhere_wins_over_per_product_choices_that_decode_slower(fr
     choices = matvec.load_choices()
     for shape in step_shapes(model):  # as if it had won alone (the 1001-row LM head: F.linear)
         choices[matvec.choice_key(torch.float32, shape, 1)] = "split-2" if shape[0] % 2 == 0 else "linear"
-    split = matvec.METHODS["split-2"]
-
-    def slow_split(*args):
-        time.sleep(0.001)
-        return split(*args)
-
-    monkeypatch.setitem(matvec.METHODS, "split-2", slow_split)
+    for k in matvec.SPLITS:  # every batched product slow, everywhere too
+        monkeypatch.setitem(matvec.METHODS, f"split-{k}", slowed(matvec.METHODS[f"split-{k}"]))
     fast.choose_float_decode_kernels(model, 1)
     assert choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)] == "linear"
     assert all(choices[matvec.choice_key(torch.float32, shape, 1)] == "linear" for shape in step_shapes(model))
     ids = random_ids(model.config, batch=1, length=5)
     with torch.inference_mode():
         d = difference("decode after the choice", fast.forward(model, ids), model(ids))
+        assert not d.over(FP32), str(d)
+
+
+def test_one_method_everywhere_wins_over_per_product_choices_that_decode_slower(fresh, monkeypatch):
+    """A method that won its product alone may lose inside whole steps (torch.mv on an AMD Zen 4):
+    each batched product for every product it can compute competes too, F.linear where it cannot."""
+    model = random_model(tiny(), seed=0)
+    choices = matvec.load_choices()
+    for shape in step_shapes(model):  # as if torch.mv had won every product alone
+        choices[matvec.choice_key(torch.float32, shape, 1)] = "mv"
+    for method in ("mv", "linear"):  # and F.linear slow too: only a batched product everywhere is fast
+        monkeypatch.setitem(matvec.METHODS, method, slowed(matvec.METHODS[method]))
+    fast.choose_float_decode_kernels(model, 1)
+    step = choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)]
+    assert step.startswith("split-"), step
+    for shape in step_shapes(model):
+        expected = step if step in matvec.candidates(1, shape[0]) else "linear"
+        assert choices[matvec.choice_key(torch.float32, shape, 1)] == expected, (shape, step)
+    ids = random_ids(model.config, batch=1, length=5)
+    with torch.inference_mode():
+        d = difference(f"decode after the choice ({step} everywhere)", fast.forward(model, ids), model(ids))
         assert not d.over(FP32), str(d)
 
 
