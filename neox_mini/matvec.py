@@ -28,7 +28,8 @@ products off the CPU.
 A product timed alone is not a product inside a decode step, where each weight arrives after all
 the others have streamed through the caches: the first generation of a model on a machine also
 times whole decode steps (fast.choose_float_decode_kernels, choose_int8_decode_kernels) with these
-choices against F.linear (or each int8 kernel) for every product, and keeps the faster assignment.
+choices against F.linear and each split (or each int8 kernel) for every product, and keeps the
+fastest assignment.
 """
 
 from __future__ import annotations
