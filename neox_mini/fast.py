@@ -25,7 +25,7 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
   * The decode kernels are chosen by timing whole decode steps, once per machine
     (choose_int8_decode_kernels, choose_float_decode_kernels): timed one product at a time, the
     kernels rank differently. For a float model, F.linear everywhere (transformers' choice) is
-    the floor the per-product choices must beat.
+    the floor the per-product choices must beat, and each batched split everywhere competes too.
   * Opt-in, `compile_decode` (end of this file) has torch.compile fuse a decode step's ~15 small
     ops per layer into a few loops: 1.06-1.88x per token in fp32 here, for tens of seconds of
     compiling. In mode "max-autotune", and always for an int8 model, the weights are frozen into
