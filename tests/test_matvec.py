@@ -82,6 +82,22 @@ def step_shapes(model) -> list[tuple[int, int]]:
     return sorted({tuple(m.weight.shape) for m in model.modules() if type(m) is torch.nn.Linear})
 
 
+def assert_one_method_everywhere(model, rows: int, method: str) -> None:
+    """A whole-step winner other than the per-product choices: `method` for every product it can
+    compute, F.linear for the others."""
+    choices = matvec.load_choices()
+    for shape in step_shapes(model):
+        expected = method if method in matvec.candidates(rows, shape[0]) else "linear"
+        assert choices[matvec.choice_key(torch.float32, shape, rows)] == expected, (shape, method)
+
+
+def assert_decodes_as_the_model(model, what: str) -> None:
+    ids = random_ids(model.config, batch=1, length=5)
+    with torch.inference_mode():
+        d = difference(f"decode after the choice ({what})", fast.forward(model, ids), model(ids))
+        assert not d.over(FP32), str(d)
+
+
 def test_float_decode_kernels_are_chosen_once_over_whole_steps(fresh, monkeypatch):
     model = random_model(tiny(), seed=0)
     assert fast.choose_float_decode_kernels(model, 2) > 0
@@ -89,11 +105,10 @@ def test_float_decode_kernels_are_chosen_once_over_whole_steps(fresh, monkeypatc
     choices = matvec.load_choices()
     step = choices[matvec.float_step_key(torch.float32, step_shapes(model), 2)]
     assert step in ("per-product", "linear", *(f"split-{k}" for k in matvec.SPLITS))
-    for shape in step_shapes(model):  # a method everywhere: F.linear where it cannot compute a product
-        method = choices[matvec.choice_key(torch.float32, shape, 2)]
-        assert method in matvec.candidates(2, shape[0])
-        expected = step if step in matvec.candidates(2, shape[0]) else "linear"
-        assert step == "per-product" or method == expected, (shape, step, method)
+    for shape in step_shapes(model):
+        assert choices[matvec.choice_key(torch.float32, shape, 2)] in matvec.candidates(2, shape[0])
+    if step != "per-product":
+        assert_one_method_everywhere(model, 2, step)
     # Kept on disk: a new process (here: the choices read again) does not time the steps again.
     monkeypatch.setattr(matvec, "_choices", None)
     monkeypatch.setattr(fast, "forward", lambda *a, **k: pytest.fail("timed again"))
@@ -119,11 +134,8 @@ def test_f_linear_everywhere_wins_over_per_product_choices_that_decode_slower(fr
         monkeypatch.setitem(matvec.METHODS, f"split-{k}", slowed(matvec.METHODS[f"split-{k}"]))
     fast.choose_float_decode_kernels(model, 1)
     assert choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)] == "linear"
-    assert all(choices[matvec.choice_key(torch.float32, shape, 1)] == "linear" for shape in step_shapes(model))
-    ids = random_ids(model.config, batch=1, length=5)
-    with torch.inference_mode():
-        d = difference("decode after the choice", fast.forward(model, ids), model(ids))
-        assert not d.over(FP32), str(d)
+    assert_one_method_everywhere(model, 1, "linear")
+    assert_decodes_as_the_model(model, "F.linear everywhere")
 
 
 def test_one_method_everywhere_wins_over_per_product_choices_that_decode_slower(fresh, monkeypatch):
@@ -138,13 +150,8 @@ def test_one_method_everywhere_wins_over_per_product_choices_that_decode_slower(
     fast.choose_float_decode_kernels(model, 1)
     step = choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)]
     assert step.startswith("split-"), step
-    for shape in step_shapes(model):
-        expected = step if step in matvec.candidates(1, shape[0]) else "linear"
-        assert choices[matvec.choice_key(torch.float32, shape, 1)] == expected, (shape, step)
-    ids = random_ids(model.config, batch=1, length=5)
-    with torch.inference_mode():
-        d = difference(f"decode after the choice ({step} everywhere)", fast.forward(model, ids), model(ids))
-        assert not d.over(FP32), str(d)
+    assert_one_method_everywhere(model, 1, step)
+    assert_decodes_as_the_model(model, f"{step} everywhere")
 
 
 def test_a_compiled_step_traces_this_machines_choice(fresh, monkeypatch):
