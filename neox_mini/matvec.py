@@ -313,22 +313,27 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def by_split(k: int):
     def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        rows, (O, I) = x.numel() // x.shape[-1], weight.shape
-        w = weight.view(k, O // k, I)  # [k, O/k, I]
-        # x as k columns [I, rows] of one matrix, every block reading the same memory. The strides
-        # are set, not left to views: for one row, views may give the size-1 dimension any stride,
-        # and a compiled step's gave it 0. ATen's bmm ran fast with the column stride I (what
-        # views of a contiguous x give uncompiled) and 7x slower with 0 or 1 (68 against 471 us,
-        # 1536 x 512 in 4 blocks).
-        x2 = x.reshape(rows, I).contiguous()  # [rows, I]
-        xt = torch.as_strided(x2, (k, I, rows), (0, 1, I))  # [k, I, rows]
-        if bias is None:
-            y = torch.bmm(w, xt)  # [k, O/k, rows]
-        else:
-            y = torch.baddbmm(bias.view(k, O // k, 1), w, xt)  # [k, O/k, rows]
-        return y.permute(2, 0, 1).reshape(*x.shape[:-1], O)  # [..., O]: blocks side by side again
+        O, I = weight.shape
+        return split(x, weight.view(k, O // k, I), None if bias is None else bias.view(k, O // k, 1))
 
     return product
+
+
+def split(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x [..., I] times a weight viewed as k row blocks, w [k, O/k, I] (bias b [k, O/k, 1]) -> [..., O]."""
+    k, _, I = w.shape
+    rows = x.numel() // I
+    # x as k columns [I, rows] of one matrix, every block reading the same memory. The strides are
+    # set, not left to views: for one row, views may give the size-1 dimension any stride, and a
+    # compiled step's gave it 0. ATen's bmm ran fast with the column stride I (what views of a
+    # contiguous x give uncompiled) and 7x slower with 0 or 1 (68 against 471 us, 1536 x 512 in
+    # 4 blocks).
+    x = x if x.is_contiguous() else x.contiguous()
+    xt = torch.as_strided(x, (k, I, rows), (0, 1, I))  # [k, I, rows]
+    y = torch.bmm(w, xt) if b is None else torch.baddbmm(b, w, xt)  # [k, O/k, rows]
+    if rows == 1:
+        return y.view(*x.shape[:-1], -1)  # [..., O]: the blocks lie side by side already
+    return y.permute(2, 0, 1).reshape(*x.shape[:-1], -1)  # [..., O]: blocks side by side again
 
 
 def by_mv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
