@@ -22,6 +22,8 @@ Where the time goes on a CPU, and what this file changes (measurements: docs/per
     F.scaled_dot_product_attention call, and no mask is built when causality alone decides
     (decoding one token, or a prefill from position 0).
   * Prefill for generation asks only for the last position's logits (last_token_only).
+  * generate's decode steps call each product bound to its weights (decode_products), made once
+    per generation: no method lookup and no views of the weight at every product.
   * The decode kernels are chosen by timing whole decode steps, once per machine
     (choose_int8_decode_kernels, choose_float_decode_kernels): timed one product at a time, the
     kernels rank differently. For a float model, F.linear everywhere (transformers' choice) is
@@ -77,12 +79,14 @@ def attention(
     start_pos: int,
     kv: tuple[torch.Tensor, torch.Tensor] | None,
     sharded: bool = False,
+    products: dict | None = None,
 ) -> torch.Tensor:
     """model.Attention.forward with the same weights and cache: [B, T, C] -> [B, T, C].
 
     kv: the layer's KV cache buffers (KVCache.k, .v), or None without a cache.
     sharded: the weights are this rank's share (tensor parallelism): nh is this rank's heads, and
-    the result is this rank's partial sum of the output, without `dense`'s bias."""
+    the result is this rank's partial sum of the output, without `dense`'s bias.
+    products: a decode step's bound products (decode_products), or None."""
     B, T, _ = x.shape
     nh, hs = block_attn.num_heads, block_attn.head_size
     R = M.shape[-1]
@@ -90,7 +94,7 @@ def attention(
     if sharded:
         qkv = linear(x, local(proj.weight), local(proj.bias))  # [B, T, 3C/N]: this rank's heads
     else:
-        qkv = project(proj, x)  # [B, T, 3C]
+        qkv = project(proj, x, products)  # [B, T, 3C]
     qkv = qkv.view(B, T, nh, 3, hs)  # [B, T, nh, 3, hs]: per-head layout
     # Rotate the first R dims of q and k (both at once) in place: [B, T, 2nh, R] @ [B, T, R, R].
     qk = qkv[:, :, :, :2, :R]  # [B, T, nh, 2, R]
@@ -104,23 +108,26 @@ def attention(
     y = y.transpose(1, 2).reshape(B, T, nh * hs)  # [B, T, C] (this rank's C / N when sharded)
     if sharded:
         return linear(y, local(block_attn.dense.weight))  # [B, T, C], a partial sum
-    return project(block_attn.dense, y)  # [B, T, C]
+    return project(block_attn.dense, y, products)  # [B, T, C]
 
 
-def mlp(block_mlp, x: torch.Tensor, sharded: bool = False) -> torch.Tensor:
+def mlp(block_mlp, x: torch.Tensor, sharded: bool = False, products: dict | None = None) -> torch.Tensor:
     """model.MLP.forward; sharded as for attention: this rank's partial sum, without the last bias."""
     up, down = block_mlp.dense_h_to_4h, block_mlp.dense_4h_to_h
     if sharded:
         h = F.gelu(linear(x, local(up.weight), local(up.bias)), approximate=block_mlp.approximate)  # [B, T, F/N]
         return linear(h, local(down.weight))  # [B, T, C], a partial sum
-    h = project(up, x)  # [B, T, F]
+    h = project(up, x, products)  # [B, T, F]
     h = F.gelu(h, approximate=block_mlp.approximate)  # [B, T, F]
-    return project(down, h)  # [B, T, C]
+    return project(down, h, products)  # [B, T, C]
 
 
-def project(layer, x: torch.Tensor) -> torch.Tensor:
+def project(layer, x: torch.Tensor, products: dict | None = None) -> torch.Tensor:
     """A layer's product, [..., I] -> [..., O]: an nn.Linear through matvec.linear, an int8 layer
-    (quantize.py) through matvec.int8_linear, as its forward does (without nn.Module's call)."""
+    (quantize.py) through matvec.int8_linear, as its forward does (without nn.Module's call); in a
+    decode step with bound products (decode_products), the layer's own."""
+    if products is not None:
+        return products[layer](x)
     if isinstance(layer, Int8Linear):
         return int8_linear(x, layer.weight, layer.scale, layer.bias)
     return linear(x, layer.weight, layer.bias)
@@ -134,7 +141,14 @@ def local(weight: torch.Tensor) -> torch.Tensor:
 
 
 def block_forward(
-    block, x: torch.Tensor, M: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, start_pos: int, kv
+    block,
+    x: torch.Tensor,
+    M: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    start_pos: int,
+    kv,
+    products: dict | None = None,
 ) -> torch.Tensor:
     ln1, ln2 = block.input_layernorm, block.post_attention_layernorm
     attn_out = attention(
@@ -145,13 +159,14 @@ def block_forward(
         is_causal,
         start_pos,
         kv,
+        products=products,
     )  # [B, T, C]
     if block.use_parallel_residual:
         h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
-        return x + attn_out + mlp(block.mlp, h)  # [B, T, C], summed in model.py's order
+        return x + attn_out + mlp(block.mlp, h, products=products)  # [B, T, C], summed in model.py's order
     x = x + attn_out  # [B, T, C]
     h = F.layer_norm(x, ln2.weight.shape, ln2.weight, ln2.bias, ln2.eps)  # [B, T, C]
-    return x + mlp(block.mlp, h)  # [B, T, C]
+    return x + mlp(block.mlp, h, products=products)  # [B, T, C]
 
 
 def block_forward_sharded(
@@ -230,6 +245,7 @@ def forward(
     last_token_only: bool = False,
     checked: bool = False,
     kv_caches: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    products: dict | None = None,
 ) -> torch.Tensor:
     """What `model(input_ids, ...)` returns (logits [B, T, V], or [B, 1, V] with last_token_only),
     computed the fast way. Same arguments and checks as GPTNeoX.forward (without hidden states).
@@ -239,7 +255,9 @@ def forward(
     decoded token), and generate feeds back only ids it sampled itself.
     kv_caches: every layer's KV cache buffers, as `layer_kv_caches(model)` lists them (the default).
     The compiled decode step takes them as an argument: dynamo fixes the shape of a module's
-    buffers, so read from the modules, every new cache length would compile the step again."""
+    buffers, so read from the modules, every new cache length would compile the step again.
+    products: every product of a decode step of this batch size, bound (decode_products): what
+    generate passes to its uncompiled decode steps."""
     if model.hooked:  # hooks attached: they live in the readable forward, so run that one
         return model(
             input_ids,
@@ -268,7 +286,7 @@ def forward(
         kv_caches = layer_kv_caches(model)
     for block, kv in zip(model.gpt_neox.layers, kv_caches, strict=True):
         if group is None:
-            x = block_forward(block, x, M, mask, is_causal, start_pos, kv)  # [B, T, C]
+            x = block_forward(block, x, M, mask, is_causal, start_pos, kv, products)  # [B, T, C]
         else:
             x = block_forward_sharded(block, x, M, mask, is_causal, start_pos, kv, group)  # [B, T, C]
     if last_token_only:
@@ -276,7 +294,7 @@ def forward(
     ln = model.gpt_neox.final_layer_norm
     x = F.layer_norm(x, ln.weight.shape, ln.weight, ln.bias, ln.eps)  # [B, T, C]
     if group is None:
-        return project(model.embed_out, x)  # [B, T, V]
+        return project(model.embed_out, x, products)  # [B, T, V]
     return logits_sharded(x, local(model.embed_out.weight), group)  # [B, T, V]
 
 
@@ -284,6 +302,53 @@ def layer_kv_caches(model: GPTNeoX) -> list[tuple[torch.Tensor, torch.Tensor] | 
     """Each layer's KV cache buffers (k, v), or None for a layer without a cache."""
     caches = [block.attention.kv_cache for block in model.gpt_neox.layers]
     return [None if cache is None else (cache.k, cache.v) for cache in caches]
+
+
+def decode_products(model: GPTNeoX, batch_size: int) -> dict | None:
+    """Every product of a decode step of `batch_size` rows, bound to its weights: {layer: fn(x)}, for
+    forward(products=...). None where there is nothing to bind: no choices are made off the CPU, for
+    more than matvec.MAX_ROWS rows, or for a tensor-parallel model.
+
+    Each product is the method chosen for it (matvec.bound), with what it derives from the weight
+    made here, once per generation: inside a decode step, where every small operation pays for
+    code and data the streamed weights have pushed out of the caches, looking the method up and
+    viewing the weight at every product took 10-15 % of a 14m step and 2-16 % of a 70m-160m one
+    (with the leaner split, matvec.split; alternating in one process, docs/performance.md). A layer
+    whose tensors have been replaced since (new tensors, or new data under the same ones) takes the
+    general path, project."""
+    weight = model.gpt_neox.final_layer_norm.weight
+    if batch_size > matvec.MAX_ROWS or model.shard_group is not None or weight.device.type != "cpu":
+        return None
+    products = {}
+    for layer in model.modules():
+        if type(layer) is torch.nn.Linear:
+            fn = matvec.bound(layer.weight, layer.bias, batch_size)
+        elif isinstance(layer, Int8Linear):
+            fn = matvec.int8_bound(layer.weight, layer.scale, layer.bias, weight.dtype, batch_size)
+        else:
+            continue
+        products[layer] = functools.partial(project, layer) if fn is None else checked_product(layer, fn)
+    return products
+
+
+def checked_product(layer, fn):
+    """fn(x) while the layer keeps the tensors (and their data) it has now; otherwise the general
+    path, project(layer, x)."""
+    weight, bias, scale = layer.weight, layer.bias, getattr(layer, "scale", None)  # scale: int8 only
+    address, bias_address = weight.data_ptr(), None if bias is None else bias.data_ptr()
+
+    def product(x: torch.Tensor) -> torch.Tensor:
+        if (
+            layer.weight is weight
+            and layer.bias is bias
+            and weight.data_ptr() == address
+            and (bias is None or bias.data_ptr() == bias_address)
+            and (scale is None or layer.scale is scale)
+        ):
+            return fn(x)
+        return project(layer, x)
+
+    return product
 
 
 # ----------------------------------------------------------------------------- torch.compile, opt-in
@@ -419,9 +484,10 @@ def fastest_assignment(
             for repeat in range(4):  # the first is a warm-up: packing, first calls
                 for name, assignment in variants.items():
                     choices.update(assignment)
+                    products = decode_products(model, batch_size)  # as generate's steps run them
                     start = time.perf_counter()
                     for pos in range(1, 1 + steps):
-                        forward(model, token, start_pos=pos, checked=True)
+                        forward(model, token, start_pos=pos, checked=True, products=products)
                     if repeat:
                         best[name] = min(best[name], time.perf_counter() - start)
             winner = min(best, key=best.get)
@@ -534,6 +600,7 @@ def decode(model: GPTNeoX, token: torch.Tensor, pos: int, **forward_kwargs) -> t
     model's inductor options (compile_options, compiled_forward), which keeps its own graphs."""
     if not model.compiled_decode:
         return forward(model, token, start_pos=pos, checked=True, **forward_kwargs)
+    forward_kwargs.pop("products", None)  # the compiled step traces the general path once
     # Fresh [B, 1] tensors: the compiled graph is guarded on strides, and a column of a [B, total]
     # tensor (generate's positions) has strides that change with every prompt length.
     token = token.clone(memory_format=torch.contiguous_format)
@@ -682,15 +749,17 @@ def compile_options(model: GPTNeoX) -> dict:
     return FROZEN_OPTIONS if model.compile_mode == "max-autotune" else {}
 
 
-def prepare_decode(model: GPTNeoX, batch_size: int) -> None:
-    """What a generation does before its decode steps: an int8 model's kernels chosen (once per
-    machine, choose_int8_decode_kernels), and a compiled step built from weights that have since
-    been edited in place or replaced dropped. Its frozen copies of them are stale (an edit) or would
-    stay in memory beside a new step (a replacement); it compiles again on the next step. Dropping
-    clears every compiled decode step, other models' too: they compile again on their next call."""
+def prepare_decode(model: GPTNeoX, batch_size: int) -> dict | None:
+    """What a generation does before its decode steps: the kernels chosen (once per machine,
+    choose_float_decode_kernels, choose_int8_decode_kernels), and a compiled step built from weights
+    that have since been edited in place or replaced dropped. Its frozen copies of them are stale (an
+    edit) or would stay in memory beside a new step (a replacement); it compiles again on the next
+    step. Dropping clears every compiled decode step, other models' too: they compile again on their
+    next call. Returns the products to pass to the uncompiled steps (decode_products), or None."""
     choose_float_decode_kernels(model, batch_size)
     choose_int8_decode_kernels(model, batch_size)
     drop_stale_step(model)
+    return None if model.compiled_decode else decode_products(model, batch_size)
 
 
 def drop_stale_step(model: GPTNeoX) -> None:

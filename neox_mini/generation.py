@@ -246,8 +246,9 @@ def generate_tokens(
     generated_positions = torch.arange(T, total, device=device)[None] - n_pad[:, None]  # [B, N]
     positions = torch.cat([prompt_positions, generated_positions], 1)  # [B, total]: real tokens before each
 
+    products = None
     if not full_forwards:
-        fast.prepare_decode(model, B)  # kernels chosen, a stale compiled step dropped
+        products = fast.prepare_decode(model, B)  # kernels chosen and bound, a stale compiled step dropped
         model.setup_kv_cache(B, total)
     try:
         if full_forwards:
@@ -296,6 +297,7 @@ def generate_tokens(
                     pos,
                     position_ids=positions[:, pos : pos + 1],
                     attention_mask=full_mask if padded else None,
+                    products=products,
                 )  # [B, V]
             logit_sums += logits.sum(-1, dtype=torch.float32)
         check_finite(logit_sums, "generation")

@@ -10,6 +10,8 @@ so none is kept:
 
     linear(x, weight, bias)    F.linear(x, weight, bias), by the method measured fastest for this
                                (weight shape, dtype, rows, threads) on this CPU
+    bound(weight, bias, rows)  the same product as a function of x alone, its method looked up and
+                               its views of the weight made once (a decode step's products)
 
 The candidates compute the same dot products (each output is one weight row times x):
 
@@ -334,6 +336,31 @@ def split(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Ten
     if rows == 1:
         return y.view(*x.shape[:-1], -1)  # [..., O]: the blocks lie side by side already
     return y.permute(2, 0, 1).reshape(*x.shape[:-1], -1)  # [..., O]: blocks side by side again
+
+
+def bound(weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
+    """linear(x, weight, bias) for x of `rows` rows as a function of x alone, by the method chosen
+    for it on this machine, with what the method derives from the weight (a split's block views)
+    made once: a decode step's product without linear's lookup and views at every call
+    (fast.decode_products). None when no method is chosen yet."""
+    method = load_choices().get(choice_key(weight.dtype, tuple(weight.shape), rows))
+    if method is None:
+        return None
+    if method.startswith("split-"):
+        k, (O, I) = int(method.removeprefix("split-")), weight.shape
+        blocks = weight.view(k, O // k, I)  # [k, O/k, I]
+        return functools.partial(split, w=blocks, b=None if bias is None else bias.view(k, O // k, 1))
+    product = METHODS[method]
+    return lambda x: product(x, weight, bias)
+
+
+def int8_bound(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, rows: int):
+    """bound for an int8 weight (int8_linear) and activations of `dtype`."""
+    method = load_choices().get(int8_choice_key(dtype, tuple(weight.shape), rows))
+    if method is None:
+        return None
+    product = INT8_METHODS[method]
+    return lambda x: product(x, weight, scale, bias)
 
 
 def by_mv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -10,6 +10,8 @@ both residual forms, rotary on part of the head and on all of it, bf16. No timin
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from helpers import hf_pair, ours_from_hf
@@ -216,3 +218,45 @@ def test_same_errors_as_readable(models):
             fast.forward(ours, ids, start_pos=1)
     finally:
         ours.clear_kv_cache()
+
+
+def test_bound_products_compute_the_step_and_follow_replaced_weights(models):
+    """generate's decode steps run each product bound to its weights (fast.decode_products): the same
+    logits as the general path, also after a weight is replaced by a new tensor or given new data."""
+    model, _ = models
+    ids = ids_for(model.config, 1, 6, seed=3)
+    products = fast.prepare_decode(model, 1)
+    assert set(products) == {m for m in model.modules() if type(m) is torch.nn.Linear}
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        model.setup_kv_cache(1, 8)
+        fast.forward(model, ids[:, :5])
+        bound = fast.forward(model, ids[:, 5:], start_pos=5, checked=True, products=products)
+        general = fast.forward(model, ids[:, 5:], start_pos=5, checked=True)
+        return bound, general
+
+    bound, general = step()
+    assert torch.equal(bound, general)
+    head, dense = model.embed_out, model.gpt_neox.layers[0].attention.dense
+    head_weight, dense_weight = head.weight, dense.weight.data
+    try:
+        head.weight = torch.nn.Parameter(head.weight.detach() * 2)  # a new tensor
+        dense.weight.data = dense.weight.detach() * 2  # new data under the same tensor
+        after, general_after = step()
+        assert torch.equal(after, general_after) and not torch.allclose(after, bound)
+    finally:
+        head.weight, dense.weight.data = head_weight, dense_weight
+    assert fast.decode_products(model, matvec.MAX_ROWS + 1) is None  # a matrix product: nothing to bind
+
+
+def test_bound_int8_products_compute_the_step(models, monkeypatch):
+    monkeypatch.setattr(matvec, "fastest", REAL_FASTEST)  # the int8 kernels, as this machine chooses them
+    model = copy.deepcopy(models[0]).quantize("int8")
+    ids = ids_for(model.config, 2, 6, seed=4)
+    products = fast.prepare_decode(model, 2)
+    with torch.inference_mode():
+        model.setup_kv_cache(2, 8)
+        fast.forward(model, ids[:, :5])
+        bound = fast.forward(model, ids[:, 5:], start_pos=5, checked=True, products=products)
+        general = fast.forward(model, ids[:, 5:], start_pos=5, checked=True)
+    assert torch.equal(bound, general)

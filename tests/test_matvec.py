@@ -37,6 +37,20 @@ def test_every_method_equals_f_linear(rows, out_features):
             assert not d.over(FP32), str(d)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_bound_product_computes_what_its_method_computes(fresh, rows):
+    """matvec.bound: the chosen method with the weight's views made once, the same numbers as the
+    method called with the weight; None before a choice is made."""
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(1, rows, 96, generator=g)
+    w, b = torch.randn(1024, 96, generator=g), torch.randn(1024, generator=g)
+    assert matvec.bound(w, b, rows) is None
+    for bias in (b, None):
+        for name in matvec.candidates(rows, 1024):
+            matvec.load_choices()[matvec.choice_key(w.dtype, w.shape, rows)] = name
+            assert torch.equal(matvec.bound(w, bias, rows)(x), matvec.METHODS[name](x, w, bias)), name
+
+
 def test_many_rows_are_a_plain_matrix_product(fresh, monkeypatch):
     monkeypatch.setattr(matvec, "fastest", lambda *a: pytest.fail("a product of 9 rows was timed"))
     x, w = torch.randn(9, 32), torch.randn(64, 32)
