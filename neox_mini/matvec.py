@@ -318,6 +318,12 @@ def by_split(k: int):
         O, I = weight.shape
         return split(x, weight.view(k, O // k, I), None if bias is None else bias.view(k, O // k, 1))
 
+    def bind(weight: torch.Tensor, bias: torch.Tensor | None):  # for bound: the views made once
+        O, I = weight.shape
+        blocks = weight.view(k, O // k, I)  # [k, O/k, I]
+        return functools.partial(split, w=blocks, b=None if bias is None else bias.view(k, O // k, 1))
+
+    product.bind = bind
     return product
 
 
@@ -346,11 +352,9 @@ def bound(weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
     method = load_choices().get(choice_key(weight.dtype, tuple(weight.shape), rows))
     if method is None:
         return None
-    if method.startswith("split-"):
-        k, (O, I) = int(method.removeprefix("split-")), weight.shape
-        blocks = weight.view(k, O // k, I)  # [k, O/k, I]
-        return functools.partial(split, w=blocks, b=None if bias is None else bias.view(k, O // k, 1))
     product = METHODS[method]
+    if hasattr(product, "bind"):  # a split: its views of the weight made here
+        return product.bind(weight, bias)
     return lambda x: product(x, weight, bias)
 
 
