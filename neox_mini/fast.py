@@ -429,14 +429,16 @@ def choose_int8_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
 
 def choose_float_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     """For a float model on the CPU: the same choice as choose_int8_decode_kernels, between the
-    per-product choices (matvec.linear), F.linear for every product, and each batched product over
-    row blocks (split-k) for every product whose rows it divides (F.linear for the others), once per
-    machine, model shape and batch size. Timed one product at a time, the batched product won most
-    products of 8 rows with the CPU held to AVX2 (ATEN_CPU_CAPABILITY=avx2), yet F.linear everywhere
-    decoded a batch of 8 on 160m 8% faster: F.linear, which transformers runs, is the floor no choice
-    may fall below. On an AMD Zen 4 it went the other way: torch.mv won 160m's 768 x 3072 product
-    alone, warm in the caches, and a split for every product decoded 160m 18% faster than those
-    choices (docs/performance.md). Returns the seconds it took: 0 when the choice was already made
+    per-product choices (matvec.linear), F.linear for every product, each batched product over row
+    blocks (split-k) for every product whose rows it divides (F.linear for the others), and oneDNN's
+    product for every product, once per machine, model shape and batch size. Timed one product at a
+    time, the batched product won most products of 8 rows with the CPU held to AVX2
+    (ATEN_CPU_CAPABILITY=avx2), yet F.linear everywhere decoded a batch of 8 on 160m 8% faster:
+    F.linear, which transformers runs, is the floor no choice may fall below. On an AMD Zen 4 it
+    went the other way: torch.mv won 160m's 768 x 3072 product alone, warm in the caches, and a
+    split for every product decoded 160m 18% faster than those choices; there oneDNN's product
+    everywhere decoded a batch of 8 on 160m 1.4x faster than a split everywhere
+    (docs/performance.md). Returns the seconds it took: 0 when the choice was already made
     (or there is none to make)."""
     layers = [module for module in model.modules() if type(module) is torch.nn.Linear]
     if not layers or batch_size > matvec.MAX_ROWS or model.shard_group is not None:
@@ -453,7 +455,7 @@ def choose_float_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     def everywhere(method: str) -> dict[str, str]:  # the method for every product it can compute
         return {key: method if method in matvec.candidates(batch_size, O) else "linear" for key, (O, _) in keys.items()}
 
-    methods = ["linear", *(f"split-{k}" for k in matvec.SPLITS)]
+    methods = ["linear", *(f"split-{k}" for k in matvec.SPLITS), *(["onednn"] if "onednn" in matvec.METHODS else [])]
     began = time.perf_counter()
     fastest_assignment(model, batch_size, list(keys), {method: everywhere(method) for method in methods}, step_key)
     matvec.save_choices()

@@ -19,6 +19,7 @@ The candidates compute the same dot products (each output is one weight row time
     "mv"         torch.mv / addmv (one row only)
     "split-k"    the weight [O, I] viewed as k blocks [k, O/k, I], one batched product (bmm): each
                  block is an independent matrix-vector product a core can stream on its own
+    "onednn"     oneDNN's inner product on the weight as it is (where PyTorch is built with oneDNN)
 
 The first product of each kind times every candidate (a warm-up and 5 timed runs each, the best
 of them counted; well under a second for a whole model) and keeps the winner, in memory and in a
@@ -79,14 +80,15 @@ def method_when_compiled(dtype: torch.dtype, shape: tuple[int, int], rows: int) 
     tracing F.linear for every product made the compiled step half as fast as the uncompiled one
     (docs/performance.md). torch.mv does not stay one: inductor turns it into a loop of its own,
     fused with the operations around it, which made a compiled 160m step slower than the uncompiled
-    one; F.linear, the same BLAS product (as fast as torch.mv there), takes its place. With frozen
+    one; F.linear, the same BLAS product (as fast as torch.mv there), takes its place. oneDNN's
+    product on a plain weight is one inductor cannot lower (torch 2.13): F.linear too. With frozen
     weights (mode "max-autotune", int8) inductor times its own kernels against F.linear's: F.linear."""
     import torch._inductor.config as inductor_config  # loaded already: this runs while compiling
 
     if inductor_config.freezing or rows > MAX_ROWS:
         return "linear"
     method = load_choices().get(choice_key(dtype, shape, rows), "linear")
-    return "linear" if method == "mv" else method
+    return "linear" if method in ("mv", "onednn") else method
 
 
 def int8_linear(
@@ -373,11 +375,34 @@ def by_mv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> t
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
-METHODS = {"linear": F.linear, "mv": by_mv, **{f"split-{k}": by_split(k) for k in SPLITS}}
+def by_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's inner product (torch.ops.mkldnn._linear_pointwise, the op inductor emits for a CPU
+    linear) on the weight as it is, not packed into oneDNN's layout: no copy of the weight is kept.
+    On an AMD Zen 4 it ran products of 2-8 rows at 16-22 GB/s where F.linear (MKL) ran 6-10
+    (docs/performance.md). It follows torch.set_float32_matmul_precision, as F.linear does."""
+    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")  # [rows, O]
+    return y.view(*x.shape[:-1], weight.shape[0])  # [..., O]
+
+
+def onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+METHODS = {
+    "linear": F.linear,
+    "mv": by_mv,
+    **{f"split-{k}": by_split(k) for k in SPLITS},
+    **({"onednn": by_onednn} if onednn_linear_available() else {}),
+}
 
 
 def candidates(rows: int, out_features: int) -> list[str]:
-    return ["linear", *(["mv"] if rows == 1 else []), *(f"split-{k}" for k in SPLITS if out_features % k == 0)]
+    return [
+        "linear",
+        *(["mv"] if rows == 1 else []),
+        *(f"split-{k}" for k in SPLITS if out_features % k == 0),
+        *(["onednn"] if "onednn" in METHODS else []),
+    ]
 
 
 def fastest(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None) -> str:

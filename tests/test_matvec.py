@@ -14,6 +14,7 @@ from neox_mini.parity import TOLERANCES, difference
 from neox_mini.synthetic import random_model
 
 FP32 = TOLERANCES["float32"]
+ONEDNN = ["onednn"] if "onednn" in matvec.METHODS else []  # a candidate where PyTorch has oneDNN
 
 
 @pytest.fixture
@@ -144,8 +145,8 @@ def test_f_linear_everywhere_wins_over_per_product_choices_that_decode_slower(fr
     choices = matvec.load_choices()
     for shape in step_shapes(model):  # as if it had won alone (the 1001-row LM head: F.linear)
         choices[matvec.choice_key(torch.float32, shape, 1)] = "split-2" if shape[0] % 2 == 0 else "linear"
-    for k in matvec.SPLITS:  # every batched product slow, everywhere too
-        monkeypatch.setitem(matvec.METHODS, f"split-{k}", slowed(matvec.METHODS[f"split-{k}"]))
+    for method in [f"split-{k}" for k in matvec.SPLITS] + ONEDNN:  # slow, everywhere too
+        monkeypatch.setitem(matvec.METHODS, method, slowed(matvec.METHODS[method]))
     fast.choose_float_decode_kernels(model, 1)
     assert choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)] == "linear"
     assert_one_method_everywhere(model, 1, "linear")
@@ -159,13 +160,29 @@ def test_one_method_everywhere_wins_over_per_product_choices_that_decode_slower(
     choices = matvec.load_choices()
     for shape in step_shapes(model):  # as if torch.mv had won every product alone
         choices[matvec.choice_key(torch.float32, shape, 1)] = "mv"
-    for method in ("mv", "linear"):  # and F.linear slow too: only a batched product everywhere is fast
+    for method in ["mv", "linear"] + ONEDNN:  # and F.linear slow too: only a batched product everywhere is fast
         monkeypatch.setitem(matvec.METHODS, method, slowed(matvec.METHODS[method]))
     fast.choose_float_decode_kernels(model, 1)
     step = choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)]
     assert step.startswith("split-"), step
     assert_one_method_everywhere(model, 1, step)
     assert_decodes_as_the_model(model, f"{step} everywhere")
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this PyTorch is built without oneDNN: no oneDNN candidate")
+def test_onednn_everywhere_competes_in_whole_steps(fresh, monkeypatch):
+    """oneDNN's product on the plain weight (which ran 8-row products of 160m 1.4x faster than the
+    batched one on an AMD Zen 4) competes for every product, in a batch of 4 here."""
+    model = random_model(tiny(), seed=0)
+    choices = matvec.load_choices()
+    for shape in step_shapes(model):  # as if F.linear had won every product alone
+        choices[matvec.choice_key(torch.float32, shape, 4)] = "linear"
+    for method in ["linear", *(f"split-{k}" for k in matvec.SPLITS)]:  # slow, everywhere too
+        monkeypatch.setitem(matvec.METHODS, method, slowed(matvec.METHODS[method]))
+    fast.choose_float_decode_kernels(model, 4)
+    assert choices[matvec.float_step_key(torch.float32, step_shapes(model), 4)] == "onednn"
+    assert_one_method_everywhere(model, 4, "onednn")
+    assert_decodes_as_the_model(model, "oneDNN everywhere")
 
 
 def test_a_compiled_step_traces_this_machines_choice(fresh, monkeypatch):
@@ -207,9 +224,10 @@ def test_what_a_compiled_step_traces(fresh, monkeypatch):
     import torch._inductor.config as inductor_config
 
     choices = matvec.load_choices()
-    for shape, method in {(64, 32): "split-4", (96, 32): "mv", (128, 32): "linear"}.items():
+    traced = {(64, 32): "split-4", (96, 32): "mv", (128, 32): "linear", (192, 32): "onednn"}
+    for shape, method in traced.items():
         choices[matvec.choice_key(torch.float32, shape, 1)] = method
-    expected = {(64, 32): "split-4", (96, 32): "linear", (128, 32): "linear", (160, 32): "linear"}
+    expected = {(64, 32): "split-4", (96, 32): "linear", (128, 32): "linear", (160, 32): "linear", (192, 32): "linear"}
     for shape, method in expected.items():
         assert matvec.method_when_compiled(torch.float32, shape, 1) == method
     assert matvec.method_when_compiled(torch.float32, (64, 32), matvec.MAX_ROWS + 1) == "linear"
