@@ -138,17 +138,29 @@ def slowed(method):
     return slow
 
 
+def whole_step_choice(model, rows: int, alone, slow: list[str], monkeypatch) -> str:
+    """The whole-step choice for `rows` rows (its winner's name), as if each product's own choice had
+    been alone(shape), with the methods in `slow` made slow."""
+    choices = matvec.load_choices()
+    for shape in step_shapes(model):
+        choices[matvec.choice_key(torch.float32, shape, rows)] = alone(shape)
+    for method in slow:
+        monkeypatch.setitem(matvec.METHODS, method, slowed(matvec.METHODS[method]))
+    fast.choose_float_decode_kernels(model, rows)
+    return choices[matvec.float_step_key(torch.float32, step_shapes(model), rows)]
+
+
 def test_f_linear_everywhere_wins_over_per_product_choices_that_decode_slower(fresh, monkeypatch):
     """F.linear for every product (what transformers runs) is the floor: per-product choices that
     make whole steps slower are replaced by it."""
     model = random_model(tiny(), seed=0)
-    choices = matvec.load_choices()
-    for shape in step_shapes(model):  # as if it had won alone (the 1001-row LM head: F.linear)
-        choices[matvec.choice_key(torch.float32, shape, 1)] = "split-2" if shape[0] % 2 == 0 else "linear"
-    for method in [f"split-{k}" for k in matvec.SPLITS] + ONEDNN:  # slow, everywhere too
-        monkeypatch.setitem(matvec.METHODS, method, slowed(matvec.METHODS[method]))
-    fast.choose_float_decode_kernels(model, 1)
-    assert choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)] == "linear"
+    splits = [f"split-{k}" for k in matvec.SPLITS]
+
+    def alone(shape):  # a split had won each product alone (the 1001-row LM head: F.linear)
+        return "split-2" if shape[0] % 2 == 0 else "linear"
+
+    # Every split and oneDNN slow.
+    assert whole_step_choice(model, 1, alone, splits + ONEDNN, monkeypatch) == "linear"
     assert_one_method_everywhere(model, 1, "linear")
     assert_decodes_as_the_model(model, "F.linear everywhere")
 
@@ -157,13 +169,8 @@ def test_one_method_everywhere_wins_over_per_product_choices_that_decode_slower(
     """A method that won its product alone may lose inside whole steps (torch.mv on an AMD Zen 4):
     each batched product for every product it can compute competes too, F.linear where it cannot."""
     model = random_model(tiny(), seed=0)
-    choices = matvec.load_choices()
-    for shape in step_shapes(model):  # as if torch.mv had won every product alone
-        choices[matvec.choice_key(torch.float32, shape, 1)] = "mv"
-    for method in ["mv", "linear"] + ONEDNN:  # and F.linear slow too: only a batched product everywhere is fast
-        monkeypatch.setitem(matvec.METHODS, method, slowed(matvec.METHODS[method]))
-    fast.choose_float_decode_kernels(model, 1)
-    step = choices[matvec.float_step_key(torch.float32, step_shapes(model), 1)]
+    # torch.mv had won every product alone; it, F.linear and oneDNN slow: only a split everywhere is fast.
+    step = whole_step_choice(model, 1, lambda shape: "mv", ["mv", "linear"] + ONEDNN, monkeypatch)
     assert step.startswith("split-"), step
     assert_one_method_everywhere(model, 1, step)
     assert_decodes_as_the_model(model, f"{step} everywhere")
@@ -174,13 +181,9 @@ def test_onednn_everywhere_competes_in_whole_steps(fresh, monkeypatch):
     """oneDNN's product on the plain weight (which ran 8-row products of 160m 1.4x faster than the
     batched one on an AMD Zen 4) competes for every product, in a batch of 4 here."""
     model = random_model(tiny(), seed=0)
-    choices = matvec.load_choices()
-    for shape in step_shapes(model):  # as if F.linear had won every product alone
-        choices[matvec.choice_key(torch.float32, shape, 4)] = "linear"
-    for method in ["linear", *(f"split-{k}" for k in matvec.SPLITS)]:  # slow, everywhere too
-        monkeypatch.setitem(matvec.METHODS, method, slowed(matvec.METHODS[method]))
-    fast.choose_float_decode_kernels(model, 4)
-    assert choices[matvec.float_step_key(torch.float32, step_shapes(model), 4)] == "onednn"
+    # F.linear had won every product alone; it and every split slow.
+    slow = ["linear", *(f"split-{k}" for k in matvec.SPLITS)]
+    assert whole_step_choice(model, 4, lambda shape: "linear", slow, monkeypatch) == "onednn"
     assert_one_method_everywhere(model, 4, "onednn")
     assert_decodes_as_the_model(model, "oneDNN everywhere")
 
