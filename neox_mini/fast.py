@@ -472,7 +472,7 @@ def choose_float_decode_kernels(model: GPTNeoX, batch_size: int) -> float:
     def everywhere(method: str) -> dict[str, str]:  # the method for every product it can compute
         return {key: method if method in matvec.candidates(batch_size, O) else "linear" for key, (O, _) in keys.items()}
 
-    methods = ["linear", *(f"split-{k}" for k in matvec.SPLITS), *(["onednn"] if "onednn" in matvec.METHODS else [])]
+    methods = [method for method in matvec.METHODS if method != "mv"]  # mv: one row only, F.linear's BLAS call
     began = time.perf_counter()
     fastest_assignment(model, batch_size, list(keys), {method: everywhere(method) for method in methods}, step_key)
     matvec.save_choices()

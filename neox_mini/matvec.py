@@ -316,14 +316,13 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def by_split(k: int):
-    def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        O, I = weight.shape
-        return split(x, weight.view(k, O // k, I), None if bias is None else bias.view(k, O // k, 1))
-
-    def bind(weight: torch.Tensor, bias: torch.Tensor | None):  # for bound: the views made once
+    def bind(weight: torch.Tensor, bias: torch.Tensor | None):  # the views made once (bound keeps them)
         O, I = weight.shape
         blocks = weight.view(k, O // k, I)  # [k, O/k, I]
         return functools.partial(split, w=blocks, b=None if bias is None else bias.view(k, O // k, 1))
+
+    def product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return bind(weight, bias)(x)
 
     product.bind = bind
     return product
